@@ -1,0 +1,90 @@
+"""`make bench`: run every benchmark once, side by side, and write bench/results/*.json and the
+table in bench/README.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import cr, sdk
+from bench.common import REDIS_URL
+from tests.support import RedisServer
+
+HERE = Path(__file__).resolve().parent
+N_SDK = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
+N_CR = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="taskorch-bench-"))
+    # The peers' apps read BENCH_REDIS_URL when imported; serve exactly that address.
+    server = RedisServer(work / "redis", port=int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
+    server.start()
+    try:
+        results: dict[str, Any] = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
+        }
+        rows = []
+        for s in sdk.systems(server.url):
+            print(f"sdk: {s.name} ...", flush=True)
+            rows.append(sdk.run_system(s, server.url, N_SDK, work))
+        best_peer = max(r["tasks_per_s"] for r in rows if r["system"] != "taskorch")
+        for r in rows:
+            r["ratio_vs_fastest_peer"] = round(r["tasks_per_s"] / best_peer, 2)
+        results["sdk_end_to_end"] = rows
+        print("sdk: batched enqueue ...", flush=True)
+        results["taskorch_batched_enqueue"] = sdk.taskorch_batched_enqueue(server.url, 100_000)
+        print("sdk: idle pickup latency ...", flush=True)
+        results["taskorch_idle_pickup_latency"] = sdk.taskorch_idle_latency(server.url, 200, work)
+        server.restart()
+        print("cr: Task CRs ...", flush=True)
+        results["cr_path"] = cr.run(server.url, N_CR, work)
+    finally:
+        server.stop()
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = render(results)
+    readme = HERE / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results -->", "<!-- /results -->"
+    readme.write_text(text[: text.index(start) + len(start)] + "\n" + table + text[text.index(end) :])
+    print(table)
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [
+        f"Run {r['when']} on {r['machine']}.",
+        "",
+        f"SDK path, {N_SDK} no-op tasks, 2 worker processes each, one Redis:",
+        "",
+        "| system | config | enqueue s | end-to-end s | tasks/s | × fastest peer |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["sdk_end_to_end"]:
+        lines.append(
+            f"| {row['system']} | {row['config']} | {row['enqueue_s']} | {row['end_to_end_s']} "
+            f"| {row['tasks_per_s']} | {row['ratio_vs_fastest_peer']} |"
+        )
+    e, lat, c = r["taskorch_batched_enqueue"], r["taskorch_idle_pickup_latency"], r["cr_path"]
+    lines += [
+        "",
+        f"- taskorch batched enqueue from one process: **{e['tasks_per_s']} tasks/s** ({e['tasks']} tasks)",
+        f"- taskorch idle pickup latency (enqueue → handler start): p50 **{lat['p50_ms']} ms**, "
+        f"p99 {lat['p99_ms']} ms ({lat['samples']} samples)",
+        f"- CR path, {c['tasks']} Task CRs applied at once: all Succeeded in {c['all_succeeded_s']} s "
+        f"(**{c['tasks_per_s']} tasks/s**), create→Succeeded p50 {c['create_to_succeeded_p50_s']} s, "
+        f"p99 {c['create_to_succeeded_p99_s']} s, **{c['status_writes_per_task']} status writes/task**; "
+        f"control plane started in {c['control_plane_start_s']} s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""Generate CustomResourceDefinitions from the pydantic models.
+
+pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema: no $ref, no
+anyOf-with-null for optional fields, `x-kubernetes-int-or-string` for int|string, and
+`x-kubernetes-preserve-unknown-fields` where any JSON is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from taskorch.api.base import GROUP, VERSION
+from taskorch.api.task import TaskSpec, TaskStatus
+
+_DROP = {"title", "example", "examples"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    while "$ref" in node or "anyOf" in node:
+        if "$ref" in node:
+            target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
+            node = {**target, **node}  # the field's own description wins over the model's
+            continue
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) == 1:
+            node = {**options[0], **node}
+        elif {o.get("type") for o in options} <= {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+        else:
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROP or key == "$defs":
+            continue
+        if key == "default" and (value is None or isinstance(value, dict | list)):
+            continue
+        if key == "additionalProperties" and ("properties" in node or value is False):
+            continue
+        if key == "properties":
+            out[key] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key in ("items", "additionalProperties"):
+            out[key] = _structural(value, defs)
+        else:
+            out[key] = value
+    if not out.get("type") and not out.get("x-kubernetes-int-or-string"):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+        out.pop("type", None)
+    if out.get("additionalProperties", {}).get("x-kubernetes-preserve-unknown-fields"):
+        del out["additionalProperties"]  # a map of any JSON is just an object of any JSON
+    if (
+        out.get("type") == "object"
+        and "properties" not in out
+        and "additionalProperties" not in out
+    ):
+        out["x-kubernetes-preserve-unknown-fields"] = True
+    return out
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="serialization")
+    defs = raw.pop("$defs", {})
+    out: dict[str, Any] = _structural(raw, defs)
+    return out
+
+
+@dataclass
+class Kind:
+    kind: str
+    plural: str
+    short_names: list[str]
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    description: str
+    columns: list[dict[str, Any]] = field(default_factory=list)
+
+
+def crd(k: Kind) -> dict[str, Any]:
+    schema = {
+        "type": "object",
+        "description": k.description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": openapi_schema(k.spec),
+            "status": openapi_schema(k.status),
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{k.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": k.kind,
+                "listKind": f"{k.kind}List",
+                "plural": k.plural,
+                "singular": k.kind.lower(),
+                "shortNames": k.short_names,
+                "categories": ["taskorch"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": k.columns,
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
+        },
+    }
+
+
+def _col(name: str, path: str, type_: str = "string", priority: int = 0) -> dict[str, Any]:
+    col: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        col["priority"] = priority
+    return col
+
+
+TASK = Kind(
+    kind="Task",
+    plural="tasks",
+    short_names=["tk"],
+    spec=TaskSpec,
+    status=TaskStatus,
+    description="A unit of background work run by a taskorch worker. The operator enqueues it "
+    "in Redis and reports its progress in status.",
+    columns=[
+        _col("Type", ".spec.type"),
+        _col("Queue", ".spec.queue"),
+        _col("Phase", ".status.phase"),
+        _col("Attempts", ".status.attempts", "integer"),
+        _col("Age", ".metadata.creationTimestamp", "date"),
+        _col("Duration", ".status.duration"),
+        _col("Reason", '.status.conditions[?(@.type=="Succeeded")].reason'),
+    ],
+)
+
+KINDS = [TASK]
+
+
+def render() -> str:
+    """Every CRD as one multi-document YAML, the form checked in under crds/."""
+    header = "# Generated by `make crds` from taskorch.api; do not edit.\n"
+    return header + yaml.safe_dump_all(
+        [crd(k) for k in KINDS], sort_keys=False, default_flow_style=False, width=100
+    )

@@ -1,0 +1,279 @@
+"""Task: one unit of work (DESIGN §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, JsonValue
+
+from taskorch.api.base import ApiModel, Condition, Duration
+
+# Named priorities map onto the 0–9 scale (9 most urgent), leaving room above and below them.
+PRIORITY_NAMES = {"high": 8, "normal": 5, "low": 2}
+Priority = Annotated[
+    int | Literal["high", "normal", "low"],
+    Field(
+        description="high, normal or low, or 0–9 where 9 is the most urgent "
+        "(high=8, normal=5, low=2). Ready work is claimed strictly from the highest priority down.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? (self >= 0 && self <= 9)"
+                    " : self in ['high', 'normal', 'low']",
+                    "message": "priority must be high, normal, low or an integer 0-9",
+                }
+            ]
+        },
+    ),
+]
+
+
+def priority_level(priority: int | str) -> int:
+    return PRIORITY_NAMES[priority] if isinstance(priority, str) else int(priority)
+
+
+class Backoff(StrEnum):
+    exponential = "exponential"
+    linear = "linear"
+    fixed = "fixed"
+
+
+class RetryPolicy(ApiModel):
+    """How failed attempts are retried before the task is dead-lettered."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.initialDelay) || !has(self.maxDelay)"
+                    " || duration(self.initialDelay) <= duration(self.maxDelay)",
+                    "message": "initialDelay must not exceed maxDelay",
+                    "fieldPath": ".initialDelay",
+                }
+            ]
+        }
+    }
+
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Handler attempts in all, the first one included."
+    )
+    backoff: Backoff = Field(
+        default=Backoff.exponential,
+        description="exponential (initialDelay × 2^n), linear (initialDelay × n) or fixed.",
+    )
+    initial_delay: Duration = Field(default="1s", description="Delay before the first retry.")
+    max_delay: Duration = Field(default="5m", description="Cap on any one retry delay.")
+    jitter: bool = Field(
+        default=True,
+        description="Full jitter: each delay is drawn uniformly from [0, computed delay], so "
+        "retries of many tasks do not arrive in lockstep.",
+    )
+    retry_on: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None,
+        max_length=32,
+        description="Retry only errors of these classes (exception class names, matched along "
+        "the class hierarchy). Default: every error but the ones in noRetryOn.",
+    )
+    no_retry_on: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None,
+        max_length=32,
+        description="Never retry errors of these classes; they dead-letter the task at once.",
+    )
+
+
+class KeyRef(ApiModel):
+    name: str = Field(description="Name of the Secret or ConfigMap in the Task's namespace.")
+    key: str = Field(description="The key whose value is used.")
+
+
+class PayloadSource(ApiModel):
+    """A payload field filled in by the operator at enqueue time from a Secret or ConfigMap key."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+                    "message": "set exactly one of secretKeyRef and configMapKeyRef",
+                }
+            ]
+        }
+    }
+
+    field: str = Field(max_length=253, description="Top-level payload field to set.")
+    secret_key_ref: KeyRef | None = Field(default=None, description="Read the value from a Secret.")
+    config_map_key_ref: KeyRef | None = Field(
+        default=None, description="Read the value from a ConfigMap."
+    )
+
+
+_IMMUTABLE = (
+    "type",
+    "queue",
+    "payload",
+    "payloadFrom",
+    "priority",
+    "retry",
+    "timeout",
+    "deadline",
+    "runAt",
+    "delay",
+    "idempotencyKey",
+)
+
+
+def _unchanged(field: str) -> str:
+    return (
+        f"has(self.{field}) == has(oldSelf.{field})"
+        f" && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+    )
+
+
+class TaskSpec(ApiModel):
+    """What to run, where and how. Immutable once created, except cancel and releasing suspend."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.runAt) || !has(self.delay)",
+                    "message": "set at most one of runAt and delay",
+                },
+                {
+                    "rule": " && ".join(_unchanged(f) for f in _IMMUTABLE),
+                    "message": "a Task's spec is immutable once created (only cancel and "
+                    "suspend may change): create a new Task instead",
+                },
+            ]
+        }
+    }
+
+    type: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        description="Name of the handler that runs this task, as registered in the workers.",
+    )
+    queue: str = Field(
+        default="default",
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Queue to put the task on; only WorkerPools of this namespace serve it.",
+    )
+    payload: dict[str, JsonValue] | None = Field(
+        default=None,
+        description="Input of the handler: a JSON object, at most 64 KiB serialized (checked by "
+        "the operator). Validated by the handler's payload type.",
+    )
+    payload_from: list[PayloadSource] | None = Field(
+        default=None,
+        max_length=16,
+        description="Payload fields resolved from Secrets or ConfigMaps when the task is "
+        "enqueued. Their values never appear in the Task's status.",
+    )
+    priority: Priority = "normal"
+    retry: RetryPolicy | None = Field(
+        default=None,
+        description="Retry policy; when unset the handler's own policy applies (default: 3 "
+        "attempts, exponential backoff from 1s, full jitter).",
+    )
+    timeout: Duration | None = Field(
+        default=None, description="Limit on one attempt; an attempt that runs longer fails."
+    )
+    deadline: Duration | None = Field(
+        default=None,
+        description="Limit on the whole task from creation; no attempt starts after it.",
+    )
+    run_at: datetime | None = Field(default=None, description="Do not start before this time.")
+    delay: Duration | None = Field(default=None, description="Do not start before creation+delay.")
+    idempotency_key: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Tasks of one queue with the same key run once while the key is retained.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the Task this long after it finished."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Hold the task out of the queue until set to false.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!self || oldSelf", "message": "suspend can be cleared, not set again"}
+            ]
+        },
+    )
+    cancel: bool = Field(
+        default=False,
+        description="Set true to cancel: a queued task is removed, a running one is interrupted "
+        "at its worker's next heartbeat.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self || !oldSelf", "message": "a cancelled Task cannot be resumed"}
+            ]
+        },
+    )
+
+
+class TaskPhase(StrEnum):
+    Pending = "Pending"
+    Queued = "Queued"
+    Scheduled = "Scheduled"
+    Running = "Running"
+    Retrying = "Retrying"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    DeadLettered = "DeadLettered"
+    Cancelled = "Cancelled"
+
+
+TERMINAL_PHASES = frozenset(
+    {TaskPhase.Succeeded, TaskPhase.Failed, TaskPhase.DeadLettered, TaskPhase.Cancelled}
+)
+
+
+class TaskError(ApiModel):
+    type: str = Field(description="Error class, e.g. TimeoutError, UnknownTaskType.")
+    message: str = Field(default="", description="The error's message (truncated).")
+    traceback: str | None = Field(default=None, description="Last lines of the traceback.")
+
+
+class AttemptRecord(ApiModel):
+    attempt: int = Field(description="1 for the first attempt.")
+    worker: str | None = Field(default=None, description="Worker that ran it.")
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    outcome: str = Field(
+        description="Succeeded, Failed, Retrying, TimedOut, LostWorker, Cancelled."
+    )
+    error: str | None = Field(default=None, description="Error class and message, short.")
+
+
+class TaskStatus(ApiModel):
+    """What happened, written by the operator only."""
+
+    phase: TaskPhase = Field(default=TaskPhase.Pending, description="Where the task is now.")
+    conditions: list[Condition] | None = Field(
+        default=None, description="Succeeded (True/False/Unknown), DeadLettered, QueueUnavailable."
+    )
+    observed_generation: int | None = None
+    task_id: str | None = Field(default=None, description="Id of the task in Redis (the UID).")
+    attempts: int | None = Field(default=None, description="Attempts started so far.")
+    start_time: datetime | None = Field(default=None, description="First attempt's start.")
+    completion_time: datetime | None = None
+    duration: str | None = Field(default=None, description="Creation to completion.")
+    worker: str | None = Field(default=None, description="Worker of the latest attempt.")
+    last_error: TaskError | None = None
+    result: JsonValue = Field(
+        default=None, description="The handler's return value when it is at most 4 KiB."
+    )
+    result_ref: str | None = Field(
+        default=None,
+        description="Where to read a larger result (`taskorch result` or the SDK's get()).",
+    )
+    history: list[AttemptRecord] | None = Field(
+        default=None, max_length=10, description="The last attempts, newest last."
+    )
+    next_retry_at: datetime | None = None

@@ -1,0 +1,267 @@
+"""The `taskorch` command: worker, operator, CRD generation and queue inspection."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import click
+
+from taskorch import __version__
+from taskorch.settings import Settings
+
+if TYPE_CHECKING:
+    from taskorch.queue.broker import Broker
+    from taskorch.queue.model import TaskInfo
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="taskorch")
+def main() -> None:
+    """taskorch: background tasks and DAG workflows as Kubernetes custom resources."""
+
+
+@main.command()
+@click.option(
+    "--out",
+    "outs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    default=["crds"],
+    show_default=True,
+    help="Directory to write taskorch.crds.yaml into (repeatable).",
+)
+def crds(outs: tuple[str, ...]) -> None:
+    """Write the CRDs generated from the API models."""
+    from pathlib import Path
+
+    from taskorch.api.crd import render
+
+    text = render()
+    for out in outs:
+        path = Path(out) / "taskorch.crds.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        click.echo(f"wrote {path}")
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
+
+
+redis_option = click.option("--redis-url", envvar="TASKORCH_REDIS_URL", help="Redis URL.")
+namespace_option = click.option(
+    "--namespace", "-n", envvar="TASKORCH_NAMESPACE", default="default", show_default=True
+)
+
+
+@main.command()
+@click.option("--app", "app_ref", required=True, help="module:attribute of the taskorch.App.")
+@click.option("--queues", default="default", show_default=True, help="Comma-separated, in order.")
+@click.option("--concurrency", "-c", default=16, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--grace", default=30.0, show_default=True, help="Seconds to drain on SIGTERM.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@redis_option
+@namespace_option
+def worker(
+    app_ref: str,
+    queues: str,
+    concurrency: int,
+    grace: float,
+    metrics_port: int | None,
+    redis_url: str | None,
+    namespace: str,
+) -> None:
+    """Run a worker: claim tasks of NAMESPACE's QUEUES and run them with the app's handlers."""
+    import asyncio
+    import importlib
+    import signal
+
+    from taskorch.queue.broker import Broker
+    from taskorch.worker.app import App
+    from taskorch.worker.runner import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    module_name, _, attr = app_ref.partition(":")
+    app = getattr(importlib.import_module(module_name), attr or "app")
+    if not isinstance(app, App):
+        raise click.BadParameter(f"{app_ref} is not a taskorch.App", param_hint="--app")
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    settings = _settings(redis_url=redis_url, namespace=namespace)
+
+    async def run() -> None:
+        broker = Broker.from_url(settings.redis_url, settings)
+        w = Worker(
+            app,
+            broker,
+            namespace=settings.namespace,
+            queues=[q.strip() for q in queues.split(",") if q.strip()],
+            concurrency=concurrency,
+            grace_seconds=grace,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, w.drain)
+        try:
+            await w.run()
+        finally:
+            await broker.close()
+
+    asyncio.run(run())
+
+
+@main.command()
+@click.option("--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
+@click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True)
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@redis_option
+def operator(
+    namespaces: tuple[str, ...], liveness: str, metrics_port: int | None, redis_url: str | None
+) -> None:
+    """Run the operator (kopf): reconcile taskorch resources and write their status."""
+    from taskorch.controller.main import run_operator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_operator(_settings(redis_url=redis_url), list(namespaces), liveness, metrics_port)
+
+
+def _broker_call(redis_url: str | None, fn: Callable[[Broker], Awaitable[T]]) -> T:
+    import asyncio
+
+    from taskorch.queue.broker import Broker
+
+    async def go() -> T:
+        settings = _settings(redis_url=redis_url)
+        broker = Broker.from_url(settings.redis_url, settings)
+        try:
+            return await fn(broker)
+        finally:
+            await broker.close()
+
+    return asyncio.run(go())
+
+
+@main.command()
+@redis_option
+@click.option("--output", "-o", type=click.Choice(["table", "json"]), default="table")
+def queues(redis_url: str | None, output: str) -> None:
+    """List queues: depth, in-flight, delayed, dead, oldest ready age, paused."""
+
+    async def collect(b: Broker) -> list[dict[str, object]]:
+        return [{"namespace": ns, "queue": q, **await b.depth(ns, q)} for ns, q in await b.queues()]
+
+    rows = _broker_call(redis_url, collect)
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    fmt = "{:<20} {:<16} {:>7} {:>7} {:>7} {:>6} {:>10} {:<6}"
+    click.echo(
+        fmt.format("NAMESPACE", "QUEUE", "READY", "ACTIVE", "DELAYED", "DEAD", "OLDEST", "PAUSED")
+    )
+    for r in rows:
+        age = r["oldest_ready_age_s"]
+        click.echo(
+            fmt.format(
+                str(r["namespace"]),
+                str(r["queue"]),
+                str(r["ready"]),
+                str(r["active"]),
+                str(r["delayed"]),
+                str(r["dead"]),
+                f"{age:.1f}s" if isinstance(age, float) else "-",
+                "yes" if r["paused"] else "no",
+            )
+        )
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect and requeue dead-lettered tasks."""
+
+
+queue_option = click.option("--queue", "-q", default="default", show_default=True)
+
+
+@dlq.command("list")
+@redis_option
+@namespace_option
+@queue_option
+@click.option("--limit", default=100, show_default=True)
+def dlq_list(redis_url: str | None, namespace: str, queue: str, limit: int) -> None:
+    """List dead tasks, oldest first: id, type, attempts, reason."""
+
+    async def collect(b: Broker) -> list[TaskInfo | None]:
+        ids = await b.dead_ids(namespace, queue, limit)
+        return await b.get_many([(namespace, queue, i) for i in ids])
+
+    for info in _broker_call(redis_url, collect):
+        if info:
+            err = info.error or {}
+            message = str(err.get("message", ""))[:80]
+            click.echo(f"{info.id}\t{info.type}\t{info.attempt}\t{err.get('reason')}: {message}")
+
+
+@dlq.command("requeue")
+@redis_option
+@namespace_option
+@queue_option
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Requeue every dead task of the queue.")
+def dlq_requeue(
+    redis_url: str | None, namespace: str, queue: str, ids: tuple[str, ...], all_: bool
+) -> None:
+    """Put dead tasks back on their queue with a fresh retry budget."""
+    if not ids and not all_:
+        raise click.UsageError("give task ids or --all")
+
+    async def requeue(b: Broker) -> list[str]:
+        targets = list(ids) or await b.dead_ids(namespace, queue, limit=1_000_000)
+        return await b.requeue_dead(namespace, queue, targets)
+
+    revived = _broker_call(redis_url, requeue)
+    click.echo(f"requeued {len(revived)}: {' '.join(revived)}")
+    missing = set(ids) - set(revived)
+    if missing:
+        raise click.ClickException(f"not in the dead-letter queue: {' '.join(sorted(missing))}")
+
+
+@dlq.command("purge")
+@redis_option
+@namespace_option
+@queue_option
+@click.confirmation_option(prompt="Delete every dead task of this queue?")
+def dlq_purge(redis_url: str | None, namespace: str, queue: str) -> None:
+    """Delete every dead task of the queue."""
+    n = _broker_call(redis_url, lambda b: b.purge_dead(namespace, queue))
+    click.echo(f"purged {n}")
+
+
+@main.command()
+@redis_option
+@namespace_option
+@click.argument("queue")
+def pause(redis_url: str | None, namespace: str, queue: str) -> None:
+    """Stop workers claiming from QUEUE (running tasks finish)."""
+    _broker_call(redis_url, lambda b: b.pause(namespace, queue))
+    click.echo(f"paused {namespace}/{queue}")
+
+
+@main.command()
+@redis_option
+@namespace_option
+@click.argument("queue")
+def resume(redis_url: str | None, namespace: str, queue: str) -> None:
+    """Let workers claim from QUEUE again."""
+    _broker_call(redis_url, lambda b: b.resume(namespace, queue))
+    click.echo(f"resumed {namespace}/{queue}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The operator: kopf handlers, the status writer and the Kubernetes calls they need."""

@@ -1,0 +1,103 @@
+"""The operator's own Kubernetes calls (status patches, Events, payloadFrom reads), made with the
+sync client in a bounded thread pool so kopf's event loop never blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import Counter
+
+from taskorch.api.base import GROUP, VERSION
+
+STATUS_WRITES = Counter("taskorch_operator_status_writes", "Status patches sent.", ["kind"])
+COMPONENT = "taskorch-operator"
+
+
+class Kube:
+    def __init__(self, threads: int = 16) -> None:
+        k8s_config.load_config()
+        cfg = k8s.Configuration.get_default_copy()
+        cfg.connection_pool_maxsize = threads
+        api = k8s.ApiClient(cfg)
+        self.custom = k8s.CustomObjectsApi(api)
+        self.core = k8s.CoreV1Api(api)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> bool:
+        """Merge-patch the status subresource; False when the object is gone."""
+        try:
+            await self._run(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                {"status": status},
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        STATUS_WRITES.labels(plural).inc()
+        return True
+
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        try:
+            await self._run(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def event(
+        self, kind: str, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> None:
+        now = datetime.now(UTC)
+        body = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=k8s.V1ObjectReference(
+                api_version=f"{GROUP}/{VERSION}", kind=kind, namespace=namespace, name=name, uid=uid
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=k8s.V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+        )
+        await self._run(self.core.create_namespaced_event, namespace, body)
+
+    async def read_key(self, namespace: str, kind: str, name: str, key: str) -> str:
+        """A Secret's or ConfigMap's value; raises KeyError when the object or key is missing."""
+        try:
+            if kind == "secret":
+                obj = await self._run(self.core.read_namespaced_secret, name, namespace)
+                data = obj.data or {}
+                if key in data:
+                    return base64.b64decode(data[key]).decode()
+            else:
+                obj = await self._run(self.core.read_namespaced_config_map, name, namespace)
+                if key in (obj.data or {}):
+                    return str(obj.data[key])
+        except ApiException as e:
+            if e.status == 404:
+                raise KeyError(f"{kind} {namespace}/{name} not found") from e
+            raise
+        raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")

@@ -1,0 +1,62 @@
+"""`taskorch operator`: kopf plus the status writer, in one asyncio program."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+import kopf
+
+from taskorch.controller import tasks  # noqa: F401  (registers the handlers)
+from taskorch.controller.consumer import StatusWriter
+from taskorch.controller.kube import Kube
+from taskorch.queue.broker import Broker
+from taskorch.settings import Settings
+
+log = logging.getLogger("taskorch.operator")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Keep kopf's bookkeeping in annotations so the status subresource is ours alone, and post
+    # only warnings as Events (the status writer posts the meaningful ones).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskorch.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="taskorch.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.peering.standalone = True
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+
+
+def run_operator(
+    settings: Settings, namespaces: list[str], liveness: str | None, metrics_port: int | None
+) -> None:
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    asyncio.run(_main(settings, namespaces, liveness))
+
+
+async def _main(settings: Settings, namespaces: list[str], liveness: str | None) -> None:
+    broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
+    kube = Kube()
+    memo = kopf.Memo(broker=broker, kube=kube)
+    writer = StatusWriter(broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}")
+    writer_task = asyncio.create_task(writer.run(), name="status-writer")
+    try:
+        await kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            memo=memo,
+            liveness_endpoint=liveness or None,
+        )
+    finally:
+        writer_task.cancel()
+        await asyncio.gather(writer_task, return_exceptions=True)
+        await broker.close()

@@ -1,0 +1,147 @@
+"""What goes into and comes out of the queue scripts, as plain typed records."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+DEFAULT_PRIORITY = 5
+
+
+class State(StrEnum):
+    """A task's state in Redis (the operator maps it to the CR's phase)."""
+
+    scheduled = "scheduled"
+    queued = "queued"
+    active = "active"
+    retrying = "retrying"
+    succeeded = "succeeded"
+    dead = "dead"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({State.succeeded, State.dead, State.cancelled})
+
+
+class Outcome(StrEnum):
+    ok = "ok"
+    retry = "retry"
+    dead = "dead"
+    cancelled = "cancelled"
+    release = "release"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRequest:
+    """One task to enqueue. `retry` is the task's own policy (camelCase keys as in the CRD);
+    None lets the handler's policy apply."""
+
+    type: str
+    payload: Any = None
+    id: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    retry: dict[str, Any] | None = None
+    timeout: float | None = None
+    run_at: float | None = None  # epoch seconds
+    deadline: float | None = None  # epoch seconds
+    idempotency_key: str | None = None
+    notify: bool = False  # write state changes to the events stream (CR-backed tasks)
+    cr_name: str = ""
+    generation: int = 0  # the CR's metadata.generation, echoed as status.observedGeneration
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """A finished attempt, handed to settle_claim."""
+
+    id: str
+    fence: str
+    outcome: Outcome
+    data: str = ""  # result JSON for ok, error JSON otherwise
+    retry_due_ms: int = 0
+    history: dict[str, Any] | None = None
+
+    def argv(self) -> list[str | int]:
+        hist = dumps(self.history) if self.history else ""
+        return [self.id, self.fence, self.outcome.value, self.data, self.retry_due_ms, hist]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An attempt a worker now holds a lease on."""
+
+    id: str
+    fence: str
+    attempt: int
+    failures: int
+    max_attempts: int
+    type: str
+    payload: str
+    policy: dict[str, Any] | None
+    timeout: float | None
+
+
+@dataclass(slots=True)
+class TaskInfo:
+    """A task as Redis holds it (SDK `get`, operator status)."""
+
+    id: str
+    namespace: str
+    queue: str
+    type: str
+    state: State
+    attempt: int
+    failures: int
+    payload: Any
+    result: Any = None
+    error: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    owner: str | None = None
+    created_ms: int | None = None
+    started_ms: int | None = None
+    finished_ms: int | None = None
+    next_retry_ms: int | None = None
+    cr_name: str = ""
+    generation: int | None = None
+
+    @classmethod
+    def from_hash(cls, namespace: str, queue: str, task_id: str, h: dict[str, str]) -> TaskInfo:
+        def num(name: str) -> int | None:
+            v = h.get(name)
+            return int(v) if v else None
+
+        def js(name: str) -> Any:
+            v = h.get(name)
+            return json.loads(v) if v else None
+
+        return cls(
+            id=task_id,
+            namespace=namespace,
+            queue=queue,
+            type=h.get("type", ""),
+            state=State(h.get("state", "queued")),
+            attempt=num("attempt") or 0,
+            failures=num("failures") or 0,
+            payload=js("payload"),
+            result=js("result"),
+            error=js("error"),
+            history=js("history") or [],
+            owner=h.get("owner"),
+            created_ms=num("created_ms"),
+            started_ms=num("started_ms"),
+            finished_ms=num("finished_ms"),
+            next_retry_ms=num("next_retry_ms"),
+            cr_name=h.get("cr", ""),
+            generation=num("gen"),
+        )

@@ -1,0 +1,28 @@
+"""The Lua scripts of DESIGN §5, each one atomic round trip, with common.lua prepended."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib.resources import files
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+NAMES = ("enqueue", "settle_claim", "extend", "cancel", "requeue")
+
+
+@cache
+def source(name: str) -> str:
+    lua = files("taskorch.queue") / "lua"
+    return (lua / "common.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """Registered scripts for one client; EVALSHA with a transparent reload on NOSCRIPT."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.enqueue: AsyncScript = client.register_script(source("enqueue"))
+        self.settle_claim: AsyncScript = client.register_script(source("settle_claim"))
+        self.extend: AsyncScript = client.register_script(source("extend"))
+        self.cancel: AsyncScript = client.register_script(source("cancel"))
+        self.requeue: AsyncScript = client.register_script(source("requeue"))

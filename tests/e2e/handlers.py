@@ -1,0 +1,56 @@
+"""Handlers the e2e tests run in real worker processes (`--app tests.e2e.handlers:app`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import redis
+from pydantic import BaseModel
+from taskorch_examples import app as examples
+
+import taskorch
+
+app = taskorch.App()
+app.handlers.update(examples.handlers)  # process_image and noop, as the README shows them
+
+
+class Flaky(BaseModel):
+    fail_times: int
+
+
+@app.handler("flaky")
+async def flaky(ctx: taskorch.Context, p: Flaky) -> dict[str, int]:
+    if ctx.attempt <= p.fail_times:
+        raise RuntimeError(f"planned failure {ctx.attempt} of {p.fail_times}")
+    return {"succeeded_on": ctx.attempt}
+
+
+@app.handler("always_fail")
+async def always_fail(ctx: taskorch.Context) -> None:
+    raise RuntimeError("this handler always fails")
+
+
+@app.handler("fail_until_flag")
+def fail_until_flag(ctx: taskorch.Context) -> str:
+    """Sync on purpose (runs in the thread pool): fails until the test sets flag:<task id>."""
+    r = redis.Redis.from_url(os.environ["TASKORCH_REDIS_URL"])
+    if not r.exists(f"flag:{ctx.task_id}"):
+        raise RuntimeError("flag not set yet")
+    return "revived"
+
+
+class Sleep(BaseModel):
+    seconds: float
+
+
+@app.handler("slow")
+async def slow(ctx: taskorch.Context, p: Sleep) -> str:
+    await asyncio.sleep(p.seconds)
+    return ctx.worker
+
+
+@app.handler("count")
+def count(ctx: taskorch.Context) -> int:
+    r = redis.Redis.from_url(os.environ["TASKORCH_REDIS_URL"])
+    return int(r.incr(f"runs:{ctx.task_id}"))

@@ -1,0 +1,345 @@
+"""Task end to end: kubectl apply → operator → Redis → worker → status, on a real API server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from taskorch.queue.broker import Broker
+from tests.e2e.conftest import Cluster
+from tests.e2e.processes import Proc, start_operator
+from tests.support import REPO, RedisServer, wait_for
+
+
+def apply_task(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    doc = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), namespace=namespace)
+
+
+def task(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    return dict(cluster.get_json(f"task/{name}", namespace=namespace))
+
+
+def wait_phase(
+    cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60
+) -> dict[str, Any]:
+    return wait_for(
+        lambda: (
+            t
+            if (t := task(cluster, namespace, name)).get("status", {}).get("phase") == phase
+            else None
+        ),
+        timeout=timeout,
+        what=f"task {name} to reach {phase}",
+    )
+
+
+def cond(t: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in t["status"]["conditions"] if c["type"] == type_)
+
+
+def redis_history(redis_url: str, namespace: str, task_id: str) -> list[dict[str, Any]]:
+    async def get() -> list[dict[str, Any]]:
+        b = Broker.from_url(redis_url)
+        try:
+            info = await b.get(namespace, "default", task_id)
+            assert info is not None
+            return info.history
+        finally:
+            await b.close()
+
+    return asyncio.run(get())
+
+
+def test_apply_example_to_succeeded(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    workers()
+    cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
+    cluster.kubectl(
+        "wait", "--for=condition=Succeeded", "task/resize-1", "--timeout=60s", namespace=namespace
+    )
+    t = task(cluster, namespace, "resize-1")
+    assert t["status"]["phase"] == "Succeeded"
+    assert t["status"]["attempts"] == 1
+    assert t["status"]["result"]["thumbnail"] == "s3://photos/cat.png.640x480.jpg"
+    assert t["status"]["observedGeneration"] == t["metadata"]["generation"]
+    table = cluster.kubectl("get", "tasks", namespace=namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == [
+        "NAME",
+        "TYPE",
+        "QUEUE",
+        "PHASE",
+        "ATTEMPTS",
+        "AGE",
+        "DURATION",
+        "REASON",
+    ]
+    assert row.split()[:5] == ["resize-1", "process_image", "default", "Succeeded", "1"]
+    assert "resize-1" in cluster.kubectl("get", "taskorch", namespace=namespace).stdout
+
+
+FAST_RETRY = {"maxAttempts": 3, "initialDelay": "200ms", "maxDelay": "10s", "jitter": False}
+
+
+def test_failing_twice_then_succeeding(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    workers()
+    apply_task(
+        cluster,
+        namespace,
+        "flaky",
+        {"type": "flaky", "payload": {"fail_times": 2}, "retry": FAST_RETRY},
+    )
+    t = wait_phase(cluster, namespace, "flaky", "Succeeded")
+    assert t["status"]["attempts"] == 3
+    assert [h["outcome"] for h in t["status"]["history"]] == ["Failed", "Failed", "Succeeded"]
+    assert t["status"]["result"] == {"succeeded_on": 3}
+    events = cluster.get_json(
+        "events", "--field-selector", "involvedObject.name=flaky", namespace=namespace
+    )
+    assert sum(e["reason"] == "Retrying" for e in events["items"]) >= 1
+    described = cluster.kubectl("describe", "task", "flaky", namespace=namespace).stdout
+    assert "Retrying" in described and "History" in described
+
+
+def test_always_failing_dead_letters_and_cli_requeue_revives(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers()
+    apply_task(
+        cluster,
+        namespace,
+        "doomed",
+        {"type": "fail_until_flag", "retry": {**FAST_RETRY, "maxAttempts": 4}},
+    )
+    t = wait_phase(cluster, namespace, "doomed", "DeadLettered")
+    assert t["status"]["attempts"] == 4
+    assert cond(t, "Succeeded")["status"] == "False"
+    dl = cond(t, "DeadLettered")
+    assert (dl["status"], dl["reason"]) == ("True", "MaxAttemptsExceeded")
+    assert t["status"]["lastError"]["type"] == "RuntimeError"
+    history = redis_history(redis_url, namespace, t["metadata"]["uid"])
+    gaps = [b["startTime"] - a["finishTime"] for a, b in itertools.pairwise(history)]
+    assert len(gaps) == 3 and gaps[0] < gaps[1] < gaps[2], f"backoff gaps should grow: {gaps}"
+
+    uid = t["metadata"]["uid"]
+    redis.Redis.from_url(redis_url).set(f"flag:{uid}", 1)
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "taskorch.cli",
+            "dlq",
+            "requeue",
+            "-n",
+            namespace,
+            "--redis-url",
+            redis_url,
+            uid,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "requeued 1" in cli.stdout
+    t = wait_phase(cluster, namespace, "doomed", "Succeeded")
+    assert t["status"]["attempts"] == 5 and t["status"]["result"] == "revived"
+
+
+def test_worker_killed_mid_task_completes_elsewhere(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    first = workers(TASKORCH_LEASE_SECONDS="2")
+    apply_task(cluster, namespace, "long", {"type": "slow", "payload": {"seconds": 1.5}})
+    running = wait_phase(cluster, namespace, "long", "Running")
+    first.kill()
+    second = workers(TASKORCH_LEASE_SECONDS="2")
+    t = wait_phase(cluster, namespace, "long", "Succeeded")
+    assert t["status"]["attempts"] == 2
+    outcomes = [h["outcome"] for h in t["status"]["history"]]
+    assert outcomes == ["LostWorker", "Succeeded"]
+    assert t["status"]["worker"] != running["status"]["worker"]
+    assert second.process is not None
+
+
+def test_operator_restart_mid_flight_loses_nothing(
+    cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path, workers: Callable[..., Proc]
+) -> None:
+    op = start_operator(redis_url, cluster.kubeconfig, tmp_path / "op1.log")
+    workers(concurrency=8)
+    names = [f"job-{i}" for i in range(20)]
+    docs = [
+        {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": n},
+            "spec": {"type": "slow", "payload": {"seconds": 0.3}},
+        }
+        for n in names
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), namespace=namespace)
+    wait_for(
+        lambda: any(
+            t.get("status", {}).get("phase")
+            for t in cluster.get_json("tasks", namespace=namespace)["items"]
+        ),
+        what="the operator to start handling tasks",
+    )
+    op.kill()
+    op = start_operator(redis_url, cluster.kubeconfig, tmp_path / "op2.log")
+    try:
+
+        def all_done() -> list[dict[str, Any]] | None:
+            items = cluster.get_json("tasks", namespace=namespace)["items"]
+            done = [t for t in items if t.get("status", {}).get("phase") == "Succeeded"]
+            return items if len(done) == len(names) else None
+
+        items = wait_for(all_done, timeout=90, what="all 20 tasks Succeeded")
+        assert all(t["status"]["attempts"] == 1 for t in items)
+    finally:
+        op.kill()
+
+
+def test_second_apply_runs_once(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers()
+    spec = {"type": "count"}
+    apply_task(cluster, namespace, "once", spec)
+    apply_task(cluster, namespace, "once", spec)
+    t = wait_phase(cluster, namespace, "once", "Succeeded")
+    apply_task(cluster, namespace, "once", spec)
+    assert t["status"]["result"] == 1
+    assert redis.Redis.from_url(redis_url).get(f"runs:{t['metadata']['uid']}") == b"1"
+
+
+def refused(cluster: Cluster, namespace: str, spec: dict[str, Any]) -> str:
+    doc = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Task",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    proc = cluster.kubectl(
+        "apply", "-f", "-", input=yaml.safe_dump(doc), namespace=namespace, check=False
+    )
+    assert proc.returncode != 0, f"apply of {spec} should be refused"
+    return proc.stderr
+
+
+def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namespace: str) -> None:
+    assert "spec.type: Required value" in refused(cluster, namespace, {"queue": "default"})
+    err = refused(cluster, namespace, {"type": "t", "priority": "urgent"})
+    assert "spec.priority" in err and "high, normal, low" in err
+    err = refused(
+        cluster, namespace, {"type": "t", "retry": {"initialDelay": "10m", "maxDelay": "1m"}}
+    )
+    assert "spec.retry.initialDelay" in err and "must not exceed maxDelay" in err
+    err = refused(cluster, namespace, {"type": "t", "retry": {"maxAttempts": 0}})
+    assert "spec.retry.maxAttempts" in err
+    err = refused(cluster, namespace, {"type": "t", "delay": "5s", "runAt": "2030-01-01T00:00:00Z"})
+    assert "at most one of runAt and delay" in err
+    assert "spec.timeout" in refused(cluster, namespace, {"type": "t", "timeout": "soon"})
+    # immutability: a created Task's spec cannot be edited, except cancel
+    apply_task(cluster, namespace, "frozen", {"type": "t", "suspend": True, "payload": {"a": 1}})
+    patch = json.dumps({"spec": {"payload": {"a": 2}}})
+    proc = cluster.kubectl(
+        "patch", "task", "frozen", "--type=merge", "-p", patch, namespace=namespace, check=False
+    )
+    assert proc.returncode != 0 and "immutable" in proc.stderr
+
+
+def test_unknown_type_and_bad_payload_are_dead_lettered_with_reason(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    workers()
+    apply_task(cluster, namespace, "mystery", {"type": "no_such_handler"})
+    apply_task(
+        cluster, namespace, "badpayload", {"type": "process_image", "payload": {"width": "big"}}
+    )
+    t = wait_phase(cluster, namespace, "mystery", "DeadLettered")
+    assert cond(t, "DeadLettered")["reason"] == "UnknownTaskType"
+    assert t["status"]["attempts"] == 1
+    t = wait_phase(cluster, namespace, "badpayload", "DeadLettered")
+    assert cond(t, "Succeeded")["reason"] == "InvalidPayload"
+    assert "image_url" in t["status"]["lastError"]["message"]
+
+
+def test_redis_outage_loses_nothing(
+    cluster: Cluster,
+    namespace: str,
+    operator: Proc,
+    workers: Callable[..., Proc],
+    redis_server: RedisServer,
+) -> None:
+    workers()
+    redis_server.stop()
+    names = [f"during-outage-{i}" for i in range(5)]
+    for n in names:
+        apply_task(cluster, namespace, n, {"type": "noop"})
+
+    def unavailable(name: str) -> bool:
+        conds = task(cluster, namespace, name).get("status", {}).get("conditions", [])
+        return any(c["type"] == "QueueUnavailable" and c["status"] == "True" for c in conds)
+
+    wait_for(
+        lambda: all(unavailable(n) for n in names),
+        timeout=60,
+        what="QueueUnavailable on every task",
+    )
+    redis_server.start()
+    for n in names:
+        t = wait_phase(cluster, namespace, n, "Succeeded", timeout=90)
+        assert not any(c["type"] == "QueueUnavailable" for c in t["status"]["conditions"])
+
+
+def test_cancel_running_task(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    workers(TASKORCH_LEASE_SECONDS="1.5")
+    apply_task(cluster, namespace, "stopme", {"type": "slow", "payload": {"seconds": 60}})
+    wait_phase(cluster, namespace, "stopme", "Running")
+    cluster.kubectl(
+        "patch",
+        "task",
+        "stopme",
+        "--type=merge",
+        "-p",
+        '{"spec":{"cancel":true}}',
+        namespace=namespace,
+    )
+    t = wait_phase(cluster, namespace, "stopme", "Cancelled", timeout=30)
+    assert cond(t, "Succeeded")["reason"] == "Cancelled"
+
+
+def test_ttl_after_finished_deletes_the_task(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+) -> None:
+    workers()
+    apply_task(cluster, namespace, "ephemeral", {"type": "noop", "ttlSecondsAfterFinished": 1})
+    wait_phase(cluster, namespace, "ephemeral", "Succeeded")
+    wait_for(
+        lambda: (
+            cluster.kubectl("get", "task", "ephemeral", namespace=namespace, check=False).returncode
+            != 0
+        ),
+        timeout=30,
+        what="the finished task to be deleted by its TTL",
+    )
