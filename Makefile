@@ -10,6 +10,11 @@ STATE := .dev
 DEV_CLUSTER := taskorch-dev
 export TASKORCH_TOOLS_BIN = $(shell tests/tools/build-tools.sh --print-bin)
 KUBECTL = KUBECONFIG=$(STATE)/kubeconfig $(TASKORCH_TOOLS_BIN)/kubectl
+HELM = $(TASKORCH_TOOLS_BIN)/helm
+VERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' operator/taskorch/__init__.py)
+# docker, or podman where that is what the machine has
+CONTAINER ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
+IMAGE_PREFIX ?= ghcr.io/taskorch
 
 .PHONY: help
 help: ## list the commands
@@ -73,8 +78,8 @@ down: ## stop what `make dev` started
 	-tests/tools/cluster.sh down $(DEV_CLUSTER)
 
 .PHONY: crds
-crds: venv ## regenerate the CRD YAML from the pydantic models
-	$(VENV)/bin/taskorch crds --out crds
+crds: venv ## regenerate the CRD YAML from the pydantic models (crds/ and the chart's copy)
+	$(VENV)/bin/taskorch crds --out crds --out charts/taskorch/crds
 
 BENCH_VENV := bench/.venv
 $(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
@@ -87,3 +92,30 @@ $(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
 bench: tools $(BENCH_VENV)/.installed ## benchmarks vs Celery/RQ/Dramatiq/arq and the CR path; writes bench/results
 	PYTHONPATH=$(CURDIR):$(CURDIR)/worker-image/examples PATH=$(CURDIR)/$(BENCH_VENV)/bin:$$PATH \
 	  $(BENCH_VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+.PHONY: chart
+chart: tools ## lint the Helm chart and render it with defaults and with every option on
+	$(HELM) lint charts/taskorch
+	$(HELM) lint charts/taskorch -f tests/e2e/values-all-on.yaml
+	$(HELM) template taskorch charts/taskorch -f tests/e2e/values-all-on.yaml >/dev/null
+
+.PHONY: images
+images: ## build the operator and worker images (needs docker or podman)
+	@[ -n "$(CONTAINER)" ] || { echo "make images needs docker or podman" >&2; exit 1; }
+	$(CONTAINER) build -f worker-image/Dockerfile.operator -t $(IMAGE_PREFIX)/taskorch-operator:$(VERSION) .
+	$(CONTAINER) build -f worker-image/Dockerfile.worker -t $(IMAGE_PREFIX)/taskorch-worker:$(VERSION) .
+
+.PHONY: kind-up
+kind-up: images ## kind cluster + images + the chart + the example Task (needs Docker and kind)
+	@command -v kind >/dev/null || { echo "make kind-up needs kind (https://kind.sigs.k8s.io)" >&2; exit 1; }
+	kind get clusters | grep -qx taskorch || kind create cluster --config worker-image/kind-config.yaml
+	kind load docker-image --name taskorch \
+	  $(IMAGE_PREFIX)/taskorch-operator:$(VERSION) $(IMAGE_PREFIX)/taskorch-worker:$(VERSION)
+	$(HELM) upgrade --install taskorch charts/taskorch --namespace taskorch --create-namespace --wait \
+	  --kube-context kind-taskorch
+	kubectl --context kind-taskorch -n taskorch apply -f examples/task.yaml
+	kubectl --context kind-taskorch -n taskorch wait --for=condition=Succeeded task/resize-1 --timeout=120s
+
+.PHONY: kind-down
+kind-down: ## delete the kind cluster
+	kind delete cluster --name taskorch

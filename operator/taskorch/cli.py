@@ -49,6 +49,11 @@ def crds(outs: tuple[str, ...]) -> None:
         click.echo(f"wrote {path}")
 
 
+def _logging() -> None:
+    level = Settings().log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def _settings(**overrides: object) -> Settings:
     return Settings.model_validate({k: v for k, v in overrides.items() if v is not None})
 
@@ -85,7 +90,7 @@ def worker(
     from taskorch.worker.app import App
     from taskorch.worker.runner import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging()
     module_name, _, attr = app_ref.partition(":")
     app = getattr(importlib.import_module(module_name), attr or "app")
     if not isinstance(app, App):
@@ -128,7 +133,7 @@ def operator(
     """Run the operator (kopf): reconcile taskorch resources and write their status."""
     from taskorch.controller.main import run_operator
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _logging()
     run_operator(_settings(redis_url=redis_url), list(namespaces), liveness, metrics_port)
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKORCH_", extra="ignore")
 
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis to queue in.")
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis to queue in; rediss:// for TLS.",
+    )
+    # Kept apart from the URL so a password can come from a Secret (the Helm chart does this).
+    redis_password: SecretStr | None = Field(
+        default=None, description="Redis password, when the URL carries none."
+    )
+    redis_tls_ca_file: str | None = Field(
+        default=None, description="CA bundle that signs the Redis server's TLS certificate."
+    )
     namespace: str = Field(default="default", description="Kubernetes namespace of the queues.")
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease on a running attempt.")
     max_recoveries: int = Field(default=3, ge=0, description="Lost-worker recoveries per task.")
     dlq_cap: int = Field(default=10_000, ge=1, description="Dead tasks kept per queue.")
     result_retention_seconds: int = Field(default=86_400, ge=1, description="Finished tasks kept.")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1, description="Keys held this long.")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
@@ -33,6 +34,37 @@ class Cluster:
         if check and proc.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         return proc
+
+    def helm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["helm", *args], capture_output=True, text=True, env=self.env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def serviceaccount_kubeconfig(self, namespace: str, account: str, path: Path) -> Path:
+        """A kubeconfig that authenticates as a ServiceAccount with a TokenRequest token, the
+        way the account's pods do, so what it may do is decided by real RBAC."""
+        token = self.kubectl("create", "token", account, namespace=namespace).stdout.strip()
+        admin = yaml.safe_load(self.kubeconfig.read_text())
+        cluster = admin["clusters"][0]
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [cluster],
+                    "users": [{"name": account, "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": account,
+                            "context": {"cluster": cluster["name"], "user": account},
+                        }
+                    ],
+                    "current-context": account,
+                }
+            )
+        )
+        return path
 
     def get_json(self, *args: str, namespace: str | None = None) -> Any:
         return json.loads(self.kubectl("get", *args, "-o", "json", namespace=namespace).stdout)

@@ -7,7 +7,10 @@ import yaml
 from taskorch.api.crd import KINDS, render
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKED_IN = [REPO / "crds" / "taskorch.crds.yaml"]
+CHECKED_IN = [
+    REPO / "crds" / "taskorch.crds.yaml",
+    REPO / "charts" / "taskorch" / "crds" / "taskorch.crds.yaml",  # Helm installs this copy
+]
 
 
 def test_checked_in_crds_are_fresh() -> None:

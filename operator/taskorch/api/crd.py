@@ -99,7 +99,10 @@ def crd(k: Kind) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{k.plural}.{GROUP}"},
+        "metadata": {
+            "name": f"{k.plural}.{GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "taskorch"},
+        },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",

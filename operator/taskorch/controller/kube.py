@@ -85,7 +85,8 @@ class Kube:
         await self._run(self.core.create_namespaced_event, namespace, body)
 
     async def read_key(self, namespace: str, kind: str, name: str, key: str) -> str:
-        """A Secret's or ConfigMap's value; raises KeyError when the object or key is missing."""
+        """A Secret's or ConfigMap's value; raises KeyError when the object or key is missing and
+        PermissionError when RBAC does not let the operator read it."""
         try:
             if kind == "secret":
                 obj = await self._run(self.core.read_namespaced_secret, name, namespace)
@@ -99,5 +100,9 @@ class Kube:
         except ApiException as e:
             if e.status == 404:
                 raise KeyError(f"{kind} {namespace}/{name} not found") from e
+            if e.status == 403:
+                raise PermissionError(
+                    f"the operator may not read {kind} {namespace}/{name} (RBAC)"
+                ) from e
             raise
         raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")

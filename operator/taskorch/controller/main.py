@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from taskorch.controller import tasks  # noqa: F401  (registers the handlers)
+from taskorch.controller import queue_metrics, tasks  # noqa: F401  (tasks registers handlers)
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.queue.broker import Broker
@@ -48,7 +48,10 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
     kube = Kube()
     memo = kopf.Memo(broker=broker, kube=kube)
     writer = StatusWriter(broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}")
-    writer_task = asyncio.create_task(writer.run(), name="status-writer")
+    background = [
+        asyncio.create_task(writer.run(), name="status-writer"),
+        asyncio.create_task(queue_metrics.run(broker), name="queue-metrics"),
+    ]
     try:
         await kopf.operator(
             clusterwide=not namespaces,
@@ -57,6 +60,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
             liveness_endpoint=liveness or None,
         )
     finally:
-        writer_task.cancel()
-        await asyncio.gather(writer_task, return_exceptions=True)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await broker.close()

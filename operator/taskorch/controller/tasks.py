@@ -30,6 +30,15 @@ class Refused(Exception):
         self.reason = reason
 
 
+class Waiting(Exception):
+    """A Task that cannot be enqueued yet (a missing or unreadable payloadFrom source): it stays
+    Pending with this reason and is retried."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 def _epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
@@ -51,8 +60,11 @@ async def build_request(
         try:
             value = await memo.kube.read_key(namespace, kind, ref.name, ref.key)
         except KeyError as e:
-            # The Secret may be created after the Task: retry rather than fail.
-            raise kopf.TemporaryError(f"payloadFrom: {e}", delay=10) from e
+            # The Secret may be created after the Task: wait rather than fail.
+            raise Waiting("PayloadFromMissing", f"payloadFrom: {e.args[0]}") from e
+        except PermissionError as e:
+            # RBAC may be granted later (Helm value rbac.readSecrets): wait rather than fail.
+            raise Waiting("PayloadFromForbidden", f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
     size = len(json.dumps(task.payload))
     if size > MAX_PAYLOAD_BYTES:
@@ -90,6 +102,12 @@ async def enqueue(
     except Refused as e:
         patch.status.update(failed_status(e.reason, str(e), meta.get("generation"), now_ms()))
         return
+    except Waiting as e:
+        patch.status["phase"] = TaskPhase.Pending.value
+        patch.status["conditions"] = [
+            condition("Succeeded", "Unknown", e.reason, str(e), now_ms(), meta.get("generation"))
+        ]
+        raise kopf.TemporaryError(str(e), delay=min(5 * 2**retry, 60)) from e
     try:
         await memo.broker.enqueue_many(namespace, spec.get("queue", "default"), [request])
     except REDIS_ERRORS as e:

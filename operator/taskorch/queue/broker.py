@@ -36,6 +36,12 @@ class Broker:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None, **kw: Any) -> Broker:
+        """A broker on `url`, with the password and TLS CA of `settings` when they are set."""
+        settings = settings or Settings()
+        if settings.redis_password is not None:
+            kw.setdefault("password", settings.redis_password.get_secret_value())
+        if settings.redis_tls_ca_file:
+            kw.setdefault("ssl_ca_certs", settings.redis_tls_ca_file)
         return cls(aioredis.Redis.from_url(url, **kw), settings)
 
     async def close(self) -> None:

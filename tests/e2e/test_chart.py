@@ -1,0 +1,242 @@
+"""The Helm chart against the real API server: it lints, renders, installs, runs a Task with the
+operator authenticated as the chart's ServiceAccount (RBAC sufficient), is refused what it was
+not granted (RBAC least), keeps a scaled worker count across upgrades, and uninstalls clean."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from tests.e2e.conftest import Cluster
+from tests.e2e.processes import Proc, start_operator
+from tests.support import REPO, wait_for
+
+CHART = str(REPO / "charts" / "taskorch")
+ALL_ON = str(REPO / "tests" / "e2e" / "values-all-on.yaml")
+
+
+def render(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
+    out = cluster.helm("template", "taskorch", CHART, "--namespace", "tasks", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    [d] = [
+        d
+        for d in by_kind(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
+    ]
+    return d
+
+
+def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> None:
+    cluster.helm("lint", "--strict", CHART)
+    cluster.helm("lint", "--strict", CHART, "-f", ALL_ON)
+    docs = render(cluster)
+
+    op = deployment(docs, "operator")
+    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    pod = op["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    container = pod["containers"][0]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TASKORCH_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "taskorch-redis"
+
+    worker = deployment(docs, "worker")
+    assert "replicas" not in worker["spec"], "the autoscaler owns the worker's replicas"
+    assert worker["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+    [role] = by_kind(docs, "ClusterRole")
+    resources = {r for rule in role["rules"] for r in rule["resources"]}
+    assert "secrets" not in resources, "reading Secrets is opt-in (rbac.readSecrets)"
+    assert all("*" not in rule["verbs"] for rule in role["rules"])
+    assert not any(
+        "delete" in rule["verbs"] for rule in role["rules"] if rule["apiGroups"] != ["taskorch.io"]
+    )
+    [sts] = by_kind(docs, "StatefulSet")
+    redis_args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--appendonly" in redis_args and "--requirepass" in redis_args
+    assert by_kind(docs, "ServiceMonitor") == by_kind(docs, "PrometheusRule") == []
+
+
+def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
+    docs = render(cluster, "-f", ALL_ON)
+    kinds = {d["kind"] for d in docs}
+    assert {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "StatefulSet") == []
+    roles = by_kind(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert any("secrets" in rule["resources"] for rule in roles[0]["rules"])
+    args = deployment(docs, "operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    [dashboard] = [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    panels = {p["title"] for p in json.loads(dashboard["data"]["taskorch.json"])["panels"]}
+    assert {"Queue depth (ready)", "Dead-letter queue size", "Worker replicas"} <= panels
+    [rule] = by_kind(docs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {
+        "TaskorchOperatorDown",
+        "TaskorchDeadLetterGrowth",
+        "TaskorchBacklogAge",
+        "TaskorchFailureRate",
+    }
+    env = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "TASKORCH_REDIS_TLS_CA_FILE", "value": "/etc/taskorch/redis-ca/ca.crt"} in env
+    bundled = render(cluster, "--set", "networkPolicy.enabled=true")
+    assert len(by_kind(bundled, "NetworkPolicy")) == 2  # Redis is fenced off too
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (["--set", "operator.replicas=two"], "operator.replicas"),
+        (["--set", "redis.mode=sentinel"], "redis.mode"),
+        (["--set", "worker.concurency=4"], "concurency"),
+        (["--set", "redis.mode=external"], "url"),
+    ],
+)
+def test_invalid_values_fail_with_the_schema_message(
+    cluster: Cluster, values: list[str], message: str
+) -> None:
+    proc = cluster.helm("template", "taskorch", CHART, *values, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def _instance_objects(cluster: Cluster, namespace: str, release: str) -> list[str]:
+    selector = f"app.kubernetes.io/instance={release}"
+    kinds = (
+        "deployments,statefulsets,replicasets,pods,services,secrets,configmaps,serviceaccounts,"
+        "roles,rolebindings,persistentvolumeclaims,poddisruptionbudgets,networkpolicies"
+    )
+    names = cluster.kubectl(
+        "get", kinds, "-l", selector, "-o", "name", namespace=namespace
+    ).stdout.split()
+    names += cluster.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"
+    ).stdout.split()
+    return names
+
+
+@pytest.fixture
+def release(cluster: Cluster, namespace: str) -> Iterator[str]:
+    name = f"taskorch-{namespace[-6:]}"  # cluster-scoped RBAC names must not collide
+    yield name
+    cluster.helm("uninstall", name, "--namespace", namespace, check=False)
+
+
+def test_install_run_least_privilege_upgrade_uninstall(
+    cluster: Cluster,
+    namespace: str,
+    release: str,
+    redis_url: str,
+    tmp_path: Path,
+    workers: Callable[..., Proc],
+) -> None:
+    cluster.helm("install", release, CHART, "--namespace", namespace)
+    installed = _instance_objects(cluster, namespace, release)
+    for expected in (
+        f"deployment.apps/{release}-operator",
+        f"deployment.apps/{release}-worker-default",
+        f"statefulset.apps/{release}-redis",
+        f"secret/{release}-redis",
+        f"serviceaccount/{release}-operator",
+        f"clusterrole.rbac.authorization.k8s.io/{release}-operator",
+    ):
+        assert expected in installed, installed
+
+    # The operator runs here as a process, but with the chart's ServiceAccount's token.
+    sa_kubeconfig = cluster.serviceaccount_kubeconfig(
+        namespace, f"{release}-operator", tmp_path / "operator-sa.kubeconfig"
+    )
+    operator = start_operator(redis_url, sa_kubeconfig, tmp_path / "operator.log")
+    try:
+        workers()
+        cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Succeeded",
+            "task/resize-1",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+
+        # Least: Secrets were not granted, so payloadFrom a Secret waits with a clear reason.
+        cluster.kubectl(
+            "create", "secret", "generic", "api", "--from-literal=token=s3cret", namespace=namespace
+        )
+        secret_task = {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": "needs-secret"},
+            "spec": {
+                "type": "noop",
+                "payloadFrom": [
+                    {"field": "token", "secretKeyRef": {"name": "api", "key": "token"}}
+                ],
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(secret_task), namespace=namespace)
+
+        def forbidden_condition() -> dict[str, Any] | None:
+            status = cluster.get_json("task/needs-secret", namespace=namespace).get("status", {})
+            conds = [c for c in status.get("conditions", []) if c["type"] == "Succeeded"]
+            return conds[0] if conds and conds[0]["reason"] == "PayloadFromForbidden" else None
+
+        cond = wait_for(forbidden_condition, timeout=60, what="PayloadFromForbidden")
+        assert cond["status"] == "Unknown" and "secret" in cond["message"]
+    finally:
+        operator.kill()
+
+    api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    for forbidden in (
+        lambda: core.read_namespaced_secret(f"{release}-redis", namespace),
+        lambda: apps.delete_namespaced_deployment(f"{release}-worker-default", namespace),
+        lambda: core.delete_namespaced_pod("any", namespace),
+        lambda: k8s.RbacAuthorizationV1Api(api).list_cluster_role(),
+    ):
+        with pytest.raises(ApiException) as denied:
+            forbidden()
+        assert denied.value.status == 403
+    # ...and what the autoscaler will need is granted.
+    assert apps.read_namespaced_deployment_scale(f"{release}-worker-default", namespace)
+
+    # Upgrade keeps what the autoscaler (here: kubectl) set on the worker Deployment.
+    worker = f"deployment/{release}-worker-default"
+    cluster.kubectl("scale", worker, "--replicas=3", namespace=namespace)
+    cluster.helm(
+        "upgrade", release, CHART, "--namespace", namespace, "--set", "worker.concurrency=8"
+    )
+    upgraded = cluster.get_json(worker, namespace=namespace)
+    assert upgraded["spec"]["replicas"] == 3
+    assert "--concurrency=8" in upgraded["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    cluster.helm("uninstall", release, "--namespace", namespace)
+    wait_for(
+        lambda: _instance_objects(cluster, namespace, release) == [],
+        timeout=90,
+        what="every object of the release to be gone",
+    )
+    crds = cluster.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=taskorch", "-o", "name")
+    assert "customresourcedefinition.apiextensions.k8s.io/tasks.taskorch.io" in crds.stdout
