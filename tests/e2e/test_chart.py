@@ -108,10 +108,10 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        (["--set", "operator.replicas=two"], "operator.replicas"),
-        (["--set", "redis.mode=sentinel"], "redis.mode"),
-        (["--set", "worker.concurency=4"], "concurency"),
-        (["--set", "redis.mode=external"], "url"),
+        (["--set", "operator.replicas=two"], "at '/operator/replicas': got string, want integer"),
+        (["--set", "redis.mode=sentinel"], "at '/redis/mode': value must be one of 'bundled'"),
+        (["--set", "worker.concurency=4"], "additional properties 'concurency' not allowed"),
+        (["--set", "redis.mode=external"], "at '/redis/external/url'"),
     ],
 )
 def test_invalid_values_fail_with_the_schema_message(

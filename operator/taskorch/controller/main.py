@@ -29,6 +29,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True
+    # The CRDs are installed with the operator (Helm crds/), so no runtime watch of CRDs and
+    # namespaces: that would need cluster-wide list/watch on both, which least privilege denies.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
 
