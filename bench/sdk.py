@@ -174,7 +174,7 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
 
     r = redis.Redis.from_url(url)
     r.flushall()
-    env = {"PYTHONPATH": str(REPO), "BENCH_REDIS_URL": url, "PATH": str(VENV_BIN)}
+    env = {"PYTHONPATH": str(REPO), "BENCH_REDIS_URL": url, "TASKORCH_REDIS_URL": url, "PATH": str(VENV_BIN)}
     cmd = [str(VENV_BIN / "taskorch"), "worker", "--app", "bench.taskorch_app:app", "-c", "16", "-n", "bench"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logdir / "latency.log").open("w"), stderr=subprocess.STDOUT)
 
@@ -182,7 +182,10 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
         async with taskorch.Client(url, namespace="bench") as c:
             for i in range(samples + 1):
                 await c.enqueue("latency", {"sent": time.time()})
+                deadline = time.monotonic() + 30
                 while r.llen("bench:latency") < i + 1:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"latency sample {i} never ran; see {logdir}/latency.log")
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(0.02)  # let the worker go idle (blocked on its marker) again
         return [float(x) for x in r.lrange("bench:latency", 1, -1)]  # the first one warms up

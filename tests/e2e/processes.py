@@ -78,10 +78,11 @@ def start_worker(
     *,
     concurrency: int = 4,
     app: str = "tests.e2e.handlers:app",
+    args: tuple[str, ...] = (),
     **extra: str,
 ) -> Proc:
     return Proc(
-        ["worker", "--app", app, "-n", namespace, "-c", str(concurrency)],
+        ["worker", "--app", app, "-n", namespace, "-c", str(concurrency), *args],
         base_env(redis_url, None, extra),
         log,
     ).start()

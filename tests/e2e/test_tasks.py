@@ -333,7 +333,8 @@ def test_ttl_after_finished_deletes_the_task(
     cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
 ) -> None:
     workers()
-    apply_task(cluster, namespace, "ephemeral", {"type": "noop", "ttlSecondsAfterFinished": 1})
+    apply_task(cluster, namespace, "ephemeral", {"type": "noop", "ttlSecondsAfterFinished": 5})
+    # 5 s of TTL: long enough that polling sees Succeeded before the deletion.
     wait_phase(cluster, namespace, "ephemeral", "Succeeded")
     wait_for(
         lambda: (

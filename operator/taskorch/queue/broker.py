@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -27,6 +28,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _shared_fields(r: TaskRequest) -> tuple[Any, ...]:
+    """What enqueue.lua stores once per group: everything but id, payload and idempotency key."""
+    return (
+        r.type,
+        r.priority,
+        int(r.retry.get("maxAttempts", 3)) if r.retry else 0,
+        dumps(r.retry) if r.retry else "",
+        int(r.timeout * 1000) if r.timeout else 0,
+        int(r.run_at * 1000) if r.run_at else 0,
+        int(r.deadline * 1000) if r.deadline else 0,
+        "1" if r.notify else "0",
+        r.cr_name,
+        r.generation,
+    )
+
+
 class Broker:
     def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
         self.redis = redis
@@ -50,32 +67,41 @@ class Broker:
     async def enqueue_many(
         self, namespace: str, queue: str, requests: Sequence[TaskRequest], *, new_id: Any = None
     ) -> list[str]:
-        """Enqueue in one round trip; returns each task's id (an existing one on a duplicate)."""
+        """Enqueue in one round trip; returns each task's id (an existing one on a duplicate).
+
+        Consecutive requests that share everything but id, payload and idempotency key travel
+        as one group, so the common SDK batch (one type, one policy) costs 3 values a task."""
         import uuid
 
-        now = now_ms()
         s = self.settings
-        retention = s.result_retention_seconds
         ukey_ttl = s.idempotency_ttl_seconds * 1000
-        argv: list[Any] = [now]
-        for r in requests:
-            max_attempts = int(r.retry.get("maxAttempts", 3)) if r.retry else 0
+        argv: list[Any] = [now_ms()]
+        for shared, group in itertools.groupby(requests, key=_shared_fields):
+            tasks: list[Any] = []
+            for r in group:
+                tasks += [
+                    r.id or (new_id() if new_id else uuid.uuid4().hex),
+                    dumps(r.payload),
+                    r.idempotency_key or "",
+                ]
+            type_, prio, max_attempts, policy, timeout_ms, due, deadline_ms, notify, cr, gen = (
+                shared
+            )
             argv += [
-                r.id or (new_id() if new_id else uuid.uuid4().hex),
-                r.type,
-                dumps(r.payload),
-                r.priority,
+                len(tasks) // 3,
+                type_,
+                prio,
                 max_attempts,
-                dumps(r.retry) if r.retry else "",
-                int(r.timeout * 1000) if r.timeout else 0,
-                int(r.run_at * 1000) if r.run_at else 0,
-                int(r.deadline * 1000) if r.deadline else 0,
-                r.idempotency_key or "",
+                policy,
+                timeout_ms,
+                due,
+                deadline_ms,
                 ukey_ttl,
-                "1" if r.notify else "0",
-                r.cr_name,
-                retention,
-                r.generation,
+                notify,
+                cr,
+                s.result_retention_seconds,
+                gen,
+                *tasks,
             ]
         await self._register(namespace, queue)
         ids = await self.scripts.enqueue(keys=[keys.prefix(namespace, queue)], args=argv)
