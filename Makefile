@@ -30,20 +30,23 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 .PHONY: system-packages
-system-packages: ## install the Debian packages the tests need (redis-server)
-	@command -v redis-server >/dev/null || { \
+system-packages: ## install the Debian packages the tests need (redis-server, shellcheck)
+	@command -v redis-server >/dev/null && command -v shellcheck >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$SUDO apt-get install -y -qq redis-server shellcheck >/dev/null; }
 
 .PHONY: tools
 tools: system-packages venv ## build the pinned control-plane binaries (cached) and the virtualenv
 	tests/tools/build-tools.sh
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check) and mypy
+lint: venv system-packages ## ruff (lint + format check), mypy, hadolint, shellcheck
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint worker-image/Dockerfile.*
+	shellcheck -x -P tests/tools tests/tools/*.sh
 
 .PHONY: test
 test: tools lint ## lint, unit tests, e2e tests (starts a control plane and Redis, stops them after)

@@ -240,3 +240,53 @@ def test_install_run_least_privilege_upgrade_uninstall(
     )
     crds = cluster.kubectl("get", "crd", "-l", "app.kubernetes.io/part-of=taskorch", "-o", "name")
     assert "customresourcedefinition.apiextensions.k8s.io/tasks.taskorch.io" in crds.stdout
+
+
+def test_namespaced_install_runs_tasks_with_roles_only(
+    cluster: Cluster,
+    namespace: str,
+    release: str,
+    redis_url: str,
+    tmp_path: Path,
+    workers: Callable[..., Proc],
+) -> None:
+    cluster.helm(
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        namespace,
+        "--set",
+        f"operator.watchNamespaces={{{namespace}}}",
+        "--set",
+        "redis.mode=external",
+        "--set",
+        f"redis.external.url={redis_url}",
+    )
+    objects = _instance_objects(cluster, namespace, release)
+    assert f"role.rbac.authorization.k8s.io/{release}-operator" in objects
+    assert not any(o.startswith("clusterrole") for o in objects), objects
+    sa_kubeconfig = cluster.serviceaccount_kubeconfig(
+        namespace, f"{release}-operator", tmp_path / "operator-sa.kubeconfig"
+    )
+    operator = start_operator(
+        redis_url, sa_kubeconfig, tmp_path / "operator.log", "--namespace", namespace
+    )
+    try:
+        workers()
+        cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Succeeded",
+            "task/resize-1",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+    finally:
+        operator.kill()
+    api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
+    with pytest.raises(ApiException) as elsewhere:
+        k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+            "taskorch.io", "v1alpha1", "default", "tasks"
+        )
+    assert elsewhere.value.status == 403
