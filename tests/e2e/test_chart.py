@@ -4,6 +4,7 @@ not granted (RBAC least), keeps a scaled worker count across upgrades, and unins
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,6 +139,36 @@ def _instance_objects(cluster: Cluster, namespace: str, release: str) -> list[st
     return names
 
 
+@contextlib.contextmanager
+def example_task_succeeds_as_operator_sa(
+    cluster: Cluster,
+    namespace: str,
+    release: str,
+    redis_url: str,
+    sa_kubeconfig: Path,
+    workers: Callable[..., Proc],
+    *operator_args: str,
+) -> Iterator[None]:
+    """Run the operator as a local process authenticated with the chart's ServiceAccount token
+    (so real RBAC decides what it may do) and a worker; the example Task must succeed."""
+    cluster.serviceaccount_kubeconfig(namespace, f"{release}-operator", sa_kubeconfig)
+    log = sa_kubeconfig.with_suffix(".log")
+    operator = start_operator(redis_url, sa_kubeconfig, log, *operator_args)
+    try:
+        workers()
+        cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Succeeded",
+            "task/resize-1",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+        yield
+    finally:
+        operator.kill()
+
+
 @pytest.fixture
 def release(cluster: Cluster, namespace: str) -> Iterator[str]:
     name = f"taskorch-{namespace[-6:]}"  # cluster-scoped RBAC names must not collide
@@ -165,22 +196,10 @@ def test_install_run_least_privilege_upgrade_uninstall(
     ):
         assert expected in installed, installed
 
-    # The operator runs here as a process, but with the chart's ServiceAccount's token.
-    sa_kubeconfig = cluster.serviceaccount_kubeconfig(
-        namespace, f"{release}-operator", tmp_path / "operator-sa.kubeconfig"
-    )
-    operator = start_operator(redis_url, sa_kubeconfig, tmp_path / "operator.log")
-    try:
-        workers()
-        cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Succeeded",
-            "task/resize-1",
-            "--timeout=60s",
-            namespace=namespace,
-        )
-
+    sa_kubeconfig = tmp_path / "operator-sa.kubeconfig"
+    with example_task_succeeds_as_operator_sa(
+        cluster, namespace, release, redis_url, sa_kubeconfig, workers
+    ):
         # Least: Secrets were not granted, so payloadFrom a Secret waits with a clear reason.
         cluster.kubectl(
             "create", "secret", "generic", "api", "--from-literal=token=s3cret", namespace=namespace
@@ -205,8 +224,6 @@ def test_install_run_least_privilege_upgrade_uninstall(
 
         cond = wait_for(forbidden_condition, timeout=60, what="PayloadFromForbidden")
         assert cond["status"] == "Unknown" and "secret" in cond["message"]
-    finally:
-        operator.kill()
 
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
@@ -266,24 +283,11 @@ def test_namespaced_install_runs_tasks_with_roles_only(
     objects = _instance_objects(cluster, namespace, release)
     assert f"role.rbac.authorization.k8s.io/{release}-operator" in objects
     assert not any(o.startswith("clusterrole") for o in objects), objects
-    sa_kubeconfig = cluster.serviceaccount_kubeconfig(
-        namespace, f"{release}-operator", tmp_path / "operator-sa.kubeconfig"
-    )
-    operator = start_operator(
-        redis_url, sa_kubeconfig, tmp_path / "operator.log", "--namespace", namespace
-    )
-    try:
-        workers()
-        cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Succeeded",
-            "task/resize-1",
-            "--timeout=60s",
-            namespace=namespace,
-        )
-    finally:
-        operator.kill()
+    sa_kubeconfig = tmp_path / "operator-sa.kubeconfig"
+    with example_task_succeeds_as_operator_sa(
+        cluster, namespace, release, redis_url, sa_kubeconfig, workers, "--namespace", namespace
+    ):
+        pass
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     with pytest.raises(ApiException) as elsewhere:
         k8s.CustomObjectsApi(api).list_namespaced_custom_object(
