@@ -54,3 +54,13 @@ async def slow(ctx: taskorch.Context, p: Sleep) -> str:
 def count(ctx: taskorch.Context) -> int:
     r = redis.Redis.from_url(os.environ["TASKORCH_REDIS_URL"])
     return int(r.incr(f"runs:{ctx.task_id}"))
+
+
+class Secretive(BaseModel):
+    token: str
+
+
+@app.handler("token_length")
+async def token_length(ctx: taskorch.Context, p: Secretive) -> dict[str, int]:
+    """Proves a payloadFrom value arrived without echoing it into the Task's status."""
+    return {"length": len(p.token)}

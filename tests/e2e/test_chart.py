@@ -225,6 +225,29 @@ def test_install_run_least_privilege_upgrade_uninstall(
         cond = wait_for(forbidden_condition, timeout=60, what="PayloadFromForbidden")
         assert cond["status"] == "Unknown" and "secret" in cond["message"]
 
+        # ConfigMaps are granted (rbac.readConfigMaps): the value reaches the handler.
+        cluster.kubectl(
+            "create", "configmap", "cfg", "--from-literal=token=abcdef", namespace=namespace
+        )
+        ref = {"field": "token", "configMapKeyRef": {"name": "cfg", "key": "token"}}
+        cm_task = {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": "from-configmap"},
+            "spec": {"type": "token_length", "payloadFrom": [ref]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(cm_task), namespace=namespace)
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Succeeded",
+            "task/from-configmap",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+        done = cluster.get_json("task/from-configmap", namespace=namespace)
+        assert done["status"]["result"] == {"length": 6}
+        assert "abcdef" not in json.dumps(done)
+
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
     for forbidden in (

@@ -66,7 +66,7 @@ async def build_request(
             # RBAC may be granted later (Helm value rbac.readSecrets): wait rather than fail.
             raise Waiting("PayloadFromForbidden", f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
-    size = len(json.dumps(task.payload))
+    size = len(json.dumps(payload))  # what goes into Redis, payloadFrom values included
     if size > MAX_PAYLOAD_BYTES:
         raise Refused("PayloadTooLarge", f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
     created = _epoch(meta["creationTimestamp"])
