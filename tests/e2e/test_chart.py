@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
+from prometheus_client import REGISTRY
 
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator
@@ -40,6 +43,28 @@ def deployment(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
         if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
     ]
     return d
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name the operator and the workers export."""
+    import taskorch.controller.kube
+    import taskorch.controller.queue_metrics
+    import taskorch.worker.metrics  # noqa: F401
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+    return {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        for suffix in suffixes.get(family.type, [""])
+    }
+
+
+def assert_queries_parse_and_name_real_metrics(queries: list[str]) -> None:
+    exported = exported_metrics()
+    for query in queries:
+        promql_parser.parse(query)  # raises on a syntax error
+        for name in re.findall(r"\btaskorch_[a-z_]+\b", query):
+            assert name in exported, f"{name} in {query!r} is not a metric taskorch exports"
 
 
 def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> None:
@@ -100,6 +125,13 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
         "TaskorchBacklogAge",
         "TaskorchFailureRate",
     }
+    queries = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    queries += [
+        t["expr"].replace("$__rate_interval", "5m")
+        for p in json.loads(dashboard["data"]["taskorch.json"])["panels"]
+        for t in p["targets"]
+    ]
+    assert_queries_parse_and_name_real_metrics(queries)
     env = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "TASKORCH_REDIS_TLS_CA_FILE", "value": "/etc/taskorch/redis-ca/ca.crt"} in env
     bundled = render(cluster, "--set", "networkPolicy.enabled=true")
