@@ -42,13 +42,19 @@ class StatusWriter:
         backoff = 0.2
         while True:
             try:
-                await self._refresh_streams()
-                # Entries delivered before a crash and never acked come first ("0"), then new ones.
-                await self._consume(pending=True)
+                # Entries delivered before a crash, or whose status write failed, stay pending
+                # (unacked); they are read again ("0") before new ones (">").
+                retry_pending = True
                 while True:
                     await self._refresh_streams()
-                    await self._consume(pending=False)
-                    backoff = 0.2
+                    got_any, failed = await self._consume(pending=retry_pending)
+                    if failed:
+                        await asyncio.sleep(backoff)  # the API server may be down: back off
+                        backoff = min(backoff * 2, 5.0)
+                    else:
+                        backoff = 0.2
+                    # Stay on the pending entries until they are all written and acked.
+                    retry_pending = failed or (retry_pending and got_any)
             except redis.exceptions.ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
@@ -71,54 +77,81 @@ class StatusWriter:
             except redis.exceptions.ResponseError as e:
                 if "BUSYGROUP" not in str(e):
                     raise
+            await self._adopt_orphans(stream)
             self.streams[stream] = f"{ns}/{q}"
 
-    async def _consume(self, *, pending: bool) -> None:
+    async def _adopt_orphans(self, stream: str) -> None:
+        """Take over what a previous operator process read but never acked (its consumer name
+        died with it), so a restart loses no state change; then forget the dead consumers."""
+        r = self.broker.redis
+        start = "0-0"
+        while True:
+            # (justid=True would be lighter, but redis-py then drops the cursor from the reply)
+            reply = await r.xautoclaim(
+                stream, GROUP_NAME, self.consumer, min_idle_time=0, start_id=start, count=1000
+            )
+            start = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+            if start == "0-0":
+                break
+        for consumer in await r.xinfo_consumers(stream, GROUP_NAME):
+            name = consumer["name"]
+            name = name.decode() if isinstance(name, bytes) else name
+            if name != self.consumer and not consumer["pending"]:
+                await r.xgroup_delconsumer(stream, GROUP_NAME, name)
+
+    async def _consume(self, *, pending: bool) -> tuple[bool, bool]:
+        """Read and apply one batch; returns (whether it read anything, whether a write failed)."""
         if not self.streams:
             await asyncio.sleep(0.5)
-            return
+            return False, False
         start = "0" if pending else ">"
         ids: dict[Any, Any] = dict.fromkeys(self.streams, start)
         r = self.broker.redis
         got: Any = await r.xreadgroup(
             GROUP_NAME, self.consumer, ids, count=self.batch, block=None if pending else 1000
         )
+        got = [(stream, items) for stream, items in got or [] if items]
         if not pending and got:
-            await asyncio.sleep(
-                self.batch_window
-            )  # let a task's quick succession of changes coalesce
+            # Let a task's quick succession of changes coalesce into one write.
+            await asyncio.sleep(self.batch_window)
             more = await r.xreadgroup(GROUP_NAME, self.consumer, ids, count=self.batch)
             got = [*got, *(more or [])]
-        if got:
-            await self._apply(got)
+        if not got:
+            return False, False
+        return True, await self._apply(got)
 
-    async def _apply(self, got: Any) -> None:
-        entries: dict[str, list[bytes]] = {}
+    async def _apply(self, got: Any) -> bool:
+        """Write the status of every task seen in `got`; ack the entries of the tasks written.
+        Returns whether any write failed (its entries stay pending, to be read again)."""
         tasks: dict[tuple[str, str, str], list[str]] = {}  # task -> states seen, in order
+        entries: dict[tuple[str, str, str] | None, list[tuple[str, Any]]] = {}
         for stream, items in got:
             stream_key = stream.decode() if isinstance(stream, bytes) else stream
             ns, _, queue = self.streams[stream_key].partition("/")
             for entry_id, fields in items:
-                entries.setdefault(stream_key, []).append(entry_id)
-                if not fields:
+                if not fields:  # trimmed from the stream while pending: nothing to write
+                    entries.setdefault(None, []).append((stream_key, entry_id))
                     continue
-                tid = fields[b"id"].decode()
-                tasks.setdefault((ns, queue, tid), []).append(fields[b"state"].decode())
+                ref = (ns, queue, fields[b"id"].decode())
+                tasks.setdefault(ref, []).append(fields[b"state"].decode())
+                entries.setdefault(ref, []).append((stream_key, entry_id))
         refs = list(tasks)
         infos = await self.broker.get_many(refs)
         results = await asyncio.gather(
             *(self._write(ref, info, tasks[ref]) for ref, info in zip(refs, infos, strict=True)),
             return_exceptions=True,
         )
-        failed = [r for r in results if isinstance(r, BaseException)]
+        failed = [e for e in results if isinstance(e, BaseException)]
         if failed:
             log.warning("%d status writes failed; they will be retried: %s", len(failed), failed[0])
-            return  # nothing acked: the pending entries are read again
+        written = [None, *(ref for ref, e in zip(refs, results, strict=True) if e is None)]
         async with r_pipeline(self.broker) as p:
-            for stream_key, ids in entries.items():
-                p.xack(stream_key, GROUP_NAME, *ids)
-                p.xdel(stream_key, *ids)
+            for key in written:
+                for stream_key, entry_id in entries.get(key, []):
+                    p.xack(stream_key, GROUP_NAME, entry_id)
+                    p.xdel(stream_key, entry_id)
             await p.execute()
+        return bool(failed)
 
     async def _write(
         self, ref: tuple[str, str, str], info: TaskInfo | None, states: list[str]
