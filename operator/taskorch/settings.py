@@ -27,3 +27,6 @@ class Settings(BaseSettings):
     result_retention_seconds: int = Field(default=86_400, ge=1, description="Finished tasks kept.")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1, description="Keys held this long.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    resync_seconds: float = Field(
+        default=30.0, gt=0, description="How often the operator rechecks quiet in-flight Tasks."
+    )

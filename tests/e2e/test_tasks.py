@@ -344,3 +344,53 @@ def test_ttl_after_finished_deletes_the_task(
         timeout=30,
         what="the finished task to be deleted by its TTL",
     )
+
+
+def test_deleting_a_running_task_cancels_it_and_needs_no_finalizer(
+    cluster: Cluster,
+    namespace: str,
+    operator: Proc,
+    workers: Callable[..., Proc],
+    redis_url: str,
+) -> None:
+    workers(TASKORCH_LEASE_SECONDS="1.5")
+    apply_task(cluster, namespace, "unwanted", {"type": "slow", "payload": {"seconds": 60}})
+    t = wait_phase(cluster, namespace, "unwanted", "Running")
+    assert not t["metadata"].get("finalizers"), "a Task must stay deletable without the operator"
+    cluster.kubectl("delete", "task", "unwanted", "--wait=true", namespace=namespace)
+
+    async def state() -> str | None:
+        b = Broker.from_url(redis_url)
+        try:
+            info = await b.get(namespace, "default", t["metadata"]["uid"])
+            return info.state.value if info else None
+        finally:
+            await b.close()
+
+    wait_for(
+        lambda: asyncio.run(state()) == "cancelled",
+        timeout=30,
+        what="the deleted task to be cancelled in redis",
+    )
+
+
+def test_task_lost_by_redis_is_enqueued_again(
+    cluster: Cluster,
+    namespace: str,
+    redis_url: str,
+    tmp_path: Path,
+    workers: Callable[..., Proc],
+) -> None:
+    op = start_operator(
+        redis_url, cluster.kubeconfig, tmp_path / "op.log", TASKORCH_RESYNC_SECONDS="1"
+    )
+    try:
+        apply_task(cluster, namespace, "amnesia", {"type": "count"})
+        wait_phase(cluster, namespace, "amnesia", "Queued")
+        redis.Redis.from_url(redis_url).flushall()  # Redis restarted without its data
+        workers()
+        t = wait_phase(cluster, namespace, "amnesia", "Succeeded")
+        assert t["status"]["result"] == 1
+        assert "enqueueing it again" in op.logs()
+    finally:
+        op.kill()

@@ -157,3 +157,11 @@ async def test_events_stream_only_for_notify_tasks(broker: Broker) -> None:
     entries = await broker.redis.xrange(keys.events(NS, Q))
     seen = [(f[b"id"], f[b"state"]) for _, f in entries]
     assert seen == [(b"cr", b"queued"), (b"cr", b"active")]
+
+
+async def test_queue_is_registered_and_registered_again_after_data_loss(broker: Broker) -> None:
+    await enqueue(broker, TaskRequest("t", id="a"))
+    assert await broker.queues() == [(NS, Q)]
+    await broker.redis.flushall()  # Redis came back without its data
+    await enqueue(broker, TaskRequest("t", id="b"))
+    assert await broker.queues() == [(NS, Q)]

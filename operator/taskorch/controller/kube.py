@@ -55,13 +55,21 @@ class Kube:
         STATUS_WRITES.labels(plural).inc()
         return True
 
-    async def delete(self, plural: str, namespace: str, name: str) -> None:
+    async def delete(self, plural: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete, if it still exists (and, with `uid`, only if it is still that object)."""
+        body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid)) if uid else None
         try:
             await self._run(
-                self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body=body,
             )
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):  # 409: a new object of the same name: not ours
                 raise
 
     async def event(

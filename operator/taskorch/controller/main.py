@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -10,9 +11,10 @@ from typing import Any
 
 import kopf
 
-from taskorch.controller import queue_metrics, tasks  # noqa: F401  (tasks registers handlers)
+from taskorch.controller import queue_metrics, tasks  # tasks registers the kopf handlers
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
+from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
 from taskorch.settings import Settings
 
@@ -49,11 +51,18 @@ def run_operator(
 async def _main(settings: Settings, namespaces: list[str], liveness: str | None) -> None:
     broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
     kube = Kube()
-    memo = kopf.Memo(broker=broker, kube=kube)
+    tracker = Tracker(
+        broker,
+        kube,
+        functools.partial(tasks.reenqueue, broker, kube),
+        resync_seconds=settings.resync_seconds,
+    )
+    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker)
     writer = StatusWriter(broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}")
     background = [
         asyncio.create_task(writer.run(), name="status-writer"),
         asyncio.create_task(queue_metrics.run(broker), name="queue-metrics"),
+        asyncio.create_task(tracker.run(), name="tracker"),
     ]
     try:
         await kopf.operator(

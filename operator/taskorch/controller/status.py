@@ -34,6 +34,11 @@ def rfc3339(ms: int | float | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def epoch_seconds(ts: str) -> float:
+    """An RFC 3339 timestamp as Kubernetes writes it, in seconds since the epoch."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
 def condition(
     type_: str, status: str, reason: str, message: str, at_ms: int | None, generation: int | None
 ) -> dict[str, Any]:

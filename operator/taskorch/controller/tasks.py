@@ -1,10 +1,10 @@
-"""kopf handlers for Task: validate, enqueue (the UID is the task id), cancel, TTL, resync."""
+"""kopf handlers for Task: validate, enqueue (the UID is the task id), cancel, and the watch
+events that feed the resync and TTL tracker."""
 
 from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -12,8 +12,10 @@ import redis.exceptions
 from pydantic import ValidationError
 
 from taskorch.api.base import GROUP, VERSION, duration_seconds
-from taskorch.api.task import TERMINAL_PHASES, TaskPhase, TaskSpec, priority_level
-from taskorch.controller.status import condition, failed_status, task_status
+from taskorch.api.task import TaskPhase, TaskSpec, priority_level
+from taskorch.controller.kube import Kube
+from taskorch.controller.status import condition, epoch_seconds, failed_status
+from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRequest, now_ms
 
 log = logging.getLogger("taskorch.tasks")
@@ -39,12 +41,8 @@ class Waiting(Exception):
         self.reason = reason
 
 
-def _epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
 async def build_request(
-    memo: Any, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
 ) -> TaskRequest:
     try:
         task = TaskSpec.model_validate(spec)
@@ -58,7 +56,7 @@ async def build_request(
         kind = "secret" if src.secret_key_ref else "configmap"
         assert ref is not None
         try:
-            value = await memo.kube.read_key(namespace, kind, ref.name, ref.key)
+            value = await kube.read_key(namespace, kind, ref.name, ref.key)
         except KeyError as e:
             # The Secret may be created after the Task: wait rather than fail.
             raise Waiting("PayloadFromMissing", f"payloadFrom: {e.args[0]}") from e
@@ -69,7 +67,7 @@ async def build_request(
     size = len(json.dumps(payload))  # what goes into Redis, payloadFrom values included
     if size > MAX_PAYLOAD_BYTES:
         raise Refused("PayloadTooLarge", f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
-    created = _epoch(meta["creationTimestamp"])
+    created = epoch_seconds(meta["creationTimestamp"])
     run_at = task.run_at.timestamp() if task.run_at else None
     if task.delay:
         run_at = created + duration_seconds(task.delay)
@@ -98,7 +96,7 @@ async def enqueue(
     retry: int,
 ) -> None:
     try:
-        request = await build_request(memo, spec, meta, namespace)
+        request = await build_request(memo.kube, spec, meta, namespace)
     except Refused as e:
         patch.status.update(failed_status(e.reason, str(e), meta.get("generation"), now_ms()))
         return
@@ -179,64 +177,29 @@ async def task_cancelled(
         raise kopf.TemporaryError(f"redis unreachable: {e}", delay=5) from e
 
 
-@kopf.on.delete(*RESOURCE)
-async def task_deleted(
-    spec: kopf.Spec, meta: kopf.Meta, namespace: str | None, memo: kopf.Memo, **_: Any
+@kopf.on.event(*RESOURCE)
+async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event: feeds the tracker, and cancels a deleted Task in Redis.
+
+    Deletion is seen here rather than by an on.delete handler because that would need a
+    finalizer, and a finalizer keeps a Task from being deleted while the operator is down. A
+    deletion the operator misses (down, or Redis unreachable) leaves the task to run once."""
+    memo.tracker.observe(event.get("type"), dict(body))
+    if event.get("type") == "DELETED":
+        meta, spec = body["metadata"], body.get("spec", {})
+        try:
+            await memo.broker.cancel(meta["namespace"], spec.get("queue", "default"), meta["uid"])
+        except REDIS_ERRORS as e:
+            log.warning("could not cancel deleted %s/%s: %s", meta["namespace"], meta["name"], e)
+
+
+async def reenqueue(
+    broker: Broker, kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
 ) -> None:
+    """Enqueue a Task again (the tracker's repair when Redis lost it); idempotent by UID."""
     try:
-        await memo.broker.cancel(namespace, spec.get("queue", "default"), meta["uid"])
-    except REDIS_ERRORS as e:
-        # Don't hold the user's delete hostage to Redis: the task may still run once.
-        log.warning("could not cancel %s/%s in redis: %s", namespace, meta.get("name"), e)
-
-
-def _finished_with_ttl(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    return spec.get("ttlSecondsAfterFinished") is not None and bool(status.get("completionTime"))
-
-
-@kopf.daemon(*RESOURCE, when=_finished_with_ttl, cancellation_timeout=1)
-async def task_ttl(
-    spec: kopf.Spec,
-    status: kopf.Status,
-    name: str,
-    namespace: str | None,
-    memo: kopf.Memo,
-    stopped: kopf.DaemonStopped,
-    **_: Any,
-) -> None:
-    expires = _epoch(status["completionTime"]) + int(spec["ttlSecondsAfterFinished"])
-    await stopped.wait(max(0.0, expires - datetime.now(UTC).timestamp()))
-    if not stopped:
-        await memo.kube.delete("tasks", str(namespace), name)
-
-
-def _in_flight(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    return not spec.get("suspend") and status.get("phase") not in {p.value for p in TERMINAL_PHASES}
-
-
-@kopf.timer(*RESOURCE, interval=30, initial_delay=30, when=_in_flight)
-async def task_resync(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    namespace: str | None,
-    memo: kopf.Memo,
-    patch: kopf.Patch,
-    **_: Any,
-) -> None:
-    """Safety net for a lost stream entry or lost Redis data: re-read the record, or re-enqueue."""
-    queue = spec.get("queue", "default")
-    try:
-        info = await memo.broker.get(str(namespace), queue, meta["uid"])
-    except REDIS_ERRORS:
+        request = await build_request(kube, spec, meta, namespace)
+    except (Refused, Waiting) as e:
+        log.warning("cannot enqueue %s/%s again: %s", namespace, meta.get("name"), e)
         return
-    if info is None:
-        if status.get("phase") in (None, TaskPhase.Pending.value) or status.get("taskId"):
-            log.warning(
-                "task %s/%s is missing from redis: enqueueing it again", namespace, meta["name"]
-            )
-            await enqueue(memo, dict(spec), dict(meta), str(namespace), patch, 0)
-        return
-    fresh = task_status(info, info.generation)
-    if fresh["phase"] != status.get("phase") or fresh["attempts"] != status.get("attempts"):
-        patch.status.update(fresh)
+    await broker.enqueue_many(namespace, spec.get("queue", "default"), [request])

@@ -49,7 +49,6 @@ class Broker:
         self.redis = redis
         self.settings = settings or Settings()
         self.scripts = Scripts(redis)
-        self._known_queues: set[str] = set()
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None, **kw: Any) -> Broker:
@@ -103,15 +102,12 @@ class Broker:
                 gen,
                 *tasks,
             ]
-        await self._register(namespace, queue)
-        ids = await self.scripts.enqueue(keys=[keys.prefix(namespace, queue)], args=argv)
+        new_queue, ids = await self.scripts.enqueue(keys=[keys.prefix(namespace, queue)], args=argv)
+        if new_queue:
+            # The registry lives outside the queue's hash slot (Redis Cluster), so the script
+            # cannot write it; it says when the queue is new (or Redis lost its data) instead.
+            await self.redis.sadd(keys.QUEUES, f"{namespace}/{queue}")
         return [_s(i) for i in ids]
-
-    async def _register(self, namespace: str, queue: str) -> None:
-        ref = f"{namespace}/{queue}"
-        if ref not in self._known_queues:
-            await self.redis.sadd(keys.QUEUES, ref)
-            self._known_queues.add(ref)
 
     async def settle_claim(
         self,

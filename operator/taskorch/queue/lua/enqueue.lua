@@ -4,7 +4,9 @@
 -- so a batch of one type sends 3 values a task, not 15 (see Broker.enqueue_many).
 -- Idempotent: an existing task id, or a held idempotency key, returns the id already there.
 -- Zero and empty fields are not stored: readers treat a missing field as 0 / empty.
+-- Returns {1 if the queue had never been enqueued to (no stats yet), the ids}.
 local now = tonumber(ARGV[1])
+local new_queue = redis.call('EXISTS', k('stats')) == 0 and 1 or 0
 local out = {}
 local created = 0
 local i = 2
@@ -64,5 +66,5 @@ while i <= #ARGV do
   end
   if #ready > 0 then wake() end
 end
-if created > 0 then redis.call('HINCRBY', k('stats'), 'enqueued', created) end
-return out
+redis.call('HINCRBY', k('stats'), 'enqueued', created)
+return {new_queue, out}

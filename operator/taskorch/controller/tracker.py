@@ -1,0 +1,112 @@
+"""What kopf timers and daemons would do, without their finalizers: a periodic resync of
+in-flight Tasks against Redis, and deletion of finished Tasks after ttlSecondsAfterFinished.
+
+kopf puts a finalizer on every object a timer or daemon serves, and a finalizer makes a Task
+undeletable while the operator is down (a namespace hangs in Terminating, the CRD cannot be
+removed after `helm uninstall`). So the Tasks are followed from the watch events (`observe`,
+called by a kopf event handler) and served by one background loop and per-Task TTL timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from taskorch.api.task import TERMINAL_PHASES
+from taskorch.controller.kube import Kube
+from taskorch.controller.status import epoch_seconds, task_status
+from taskorch.queue.broker import Broker
+
+log = logging.getLogger("taskorch.tracker")
+TERMINAL = {p.value for p in TERMINAL_PHASES}
+
+
+class Reenqueue(Protocol):
+    async def __call__(self, spec: dict[str, Any], meta: dict[str, Any], namespace: str) -> None:
+        """Enqueue the Task again (idempotent: the UID is the task id)."""
+
+
+@dataclass
+class InFlight:
+    namespace: str
+    spec: dict[str, Any]
+    meta: dict[str, Any]
+    phase: str | None
+    attempts: int | None
+    seen: float  # monotonic time of the last watch event
+
+
+class Tracker:
+    def __init__(
+        self, broker: Broker, kube: Kube, reenqueue: Reenqueue, *, resync_seconds: float = 30.0
+    ) -> None:
+        self.broker = broker
+        self.kube = kube
+        self.reenqueue = reenqueue
+        self.resync_seconds = resync_seconds
+        self.in_flight: dict[str, InFlight] = {}
+        self.expiries: dict[str, asyncio.Task[None]] = {}
+
+    def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Follow one watch event of a Task (type None is the initial listing)."""
+        meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status") or {}
+        uid, namespace = meta["uid"], meta["namespace"]
+        if event_type == "DELETED":
+            self.in_flight.pop(uid, None)
+            self._cancel_expiry(uid)
+            return
+        phase = status.get("phase")
+        if phase in TERMINAL:
+            self.in_flight.pop(uid, None)
+            ttl = spec.get("ttlSecondsAfterFinished")
+            if ttl is not None and status.get("completionTime") and uid not in self.expiries:
+                expires = epoch_seconds(status["completionTime"]) + int(ttl)
+                self.expiries[uid] = asyncio.create_task(
+                    self._expire(namespace, meta["name"], uid, expires), name=f"ttl-{uid}"
+                )
+        elif not spec.get("suspend"):
+            self.in_flight[uid] = InFlight(
+                namespace, dict(spec), dict(meta), phase, status.get("attempts"), time.monotonic()
+            )
+
+    def _cancel_expiry(self, uid: str) -> None:
+        task = self.expiries.pop(uid, None)
+        if task is not None:
+            task.cancel()
+
+    async def _expire(self, namespace: str, name: str, uid: str, expires: float) -> None:
+        try:
+            await asyncio.sleep(max(0.0, expires - time.time()))
+            await self.kube.delete("tasks", namespace, name, uid=uid)
+        finally:
+            self.expiries.pop(uid, None)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            quiet_since = time.monotonic() - self.resync_seconds
+            for uid, task in list(self.in_flight.items()):
+                if task.seen <= quiet_since:
+                    try:
+                        await self._resync(uid, task)
+                    except Exception:  # one Task's trouble must not stop the others' resync
+                        log.exception("resync of %s/%s failed", task.namespace, task.meta["name"])
+
+    async def _resync(self, uid: str, task: InFlight) -> None:
+        """Safety net for a lost stream entry or lost Redis data: re-read the record, or
+        enqueue again. Quiet Tasks only: a busy one is being written by the status writer."""
+        info = await self.broker.get(task.namespace, task.spec.get("queue", "default"), uid)
+        if info is None:
+            log.warning(
+                "task %s/%s is missing from redis: enqueueing it again",
+                task.namespace,
+                task.meta["name"],
+            )
+            await self.reenqueue(task.spec, task.meta, task.namespace)
+            return
+        fresh = task_status(info, info.generation)
+        if fresh["phase"] != task.phase or fresh["attempts"] != task.attempts:
+            await self.kube.patch_status("tasks", task.namespace, task.meta["name"], fresh)
