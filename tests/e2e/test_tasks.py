@@ -394,3 +394,16 @@ def test_task_lost_by_redis_is_enqueued_again(
         assert "enqueueing it again" in op.logs()
     finally:
         op.kill()
+
+
+def test_kubectl_explain_reads_the_model_descriptions(cluster: Cluster) -> None:
+    def explain(path: str) -> str | None:
+        # The API server publishes a new CRD's OpenAPI a few seconds after it is Established.
+        proc = cluster.kubectl("explain", path, check=False)
+        return " ".join(proc.stdout.split()) if proc.returncode == 0 else None  # unwrapped
+
+    retry = wait_for(lambda: explain("task.spec.retry"), timeout=60, what="task's OpenAPI")
+    assert "Retry policy; when unset the handler's own policy applies" in retry
+    assert "maxAttempts" in retry and "Handler attempts in all, the first one included." in retry
+    status = wait_for(lambda: explain("task.status.phase"), what="explain task.status.phase")
+    assert "Where the task is now." in status
