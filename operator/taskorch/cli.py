@@ -186,6 +186,27 @@ def queues(redis_url: str | None, output: str) -> None:
         )
 
 
+@main.command()
+@redis_option
+@namespace_option
+@click.option("--queue", "-q", default="default", show_default=True)
+@click.argument("task")
+def result(redis_url: str | None, namespace: str, queue: str, task: str) -> None:
+    """Print a task's result as JSON. TASK is its id, or the `status.resultRef` of a Task
+    (redis:NAMESPACE/QUEUE/ID), which points at a result too large for the status."""
+    if task.startswith("redis:"):
+        namespace, queue, task = task.removeprefix("redis:").split("/", 2)
+    info = _broker_call(redis_url, lambda b: b.get(namespace, queue, task))
+    if info is None:
+        raise click.ClickException(f"no task {task} in {namespace}/{queue} (or it expired)")
+    if info.state.value != "succeeded":
+        err = info.error or {}
+        raise click.ClickException(
+            f"task {task} is {info.state.value}: {err.get('reason', '')} {err.get('message', '')}"
+        )
+    click.echo(json.dumps(info.result, indent=2))
+
+
 @main.group()
 def dlq() -> None:
     """Inspect and requeue dead-lettered tasks."""

@@ -64,3 +64,12 @@ class Secretive(BaseModel):
 async def token_length(ctx: taskorch.Context, p: Secretive) -> dict[str, int]:
     """Proves a payloadFrom value arrived without echoing it into the Task's status."""
     return {"length": len(p.token)}
+
+
+class Size(BaseModel):
+    items: int
+
+
+@app.handler("big_result")
+async def big_result(ctx: taskorch.Context, p: Size) -> list[str]:
+    return [f"item-{i:05d}" for i in range(p.items)]

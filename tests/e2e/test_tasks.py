@@ -407,3 +407,22 @@ def test_kubectl_explain_reads_the_model_descriptions(cluster: Cluster) -> None:
     assert "maxAttempts" in retry and "Handler attempts in all, the first one included." in retry
     status = wait_for(lambda: explain("task.status.phase"), what="explain task.status.phase")
     assert "Where the task is now." in status
+
+
+def test_large_result_is_referenced_and_readable_with_the_cli(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers()
+    apply_task(cluster, namespace, "big", {"type": "big_result", "payload": {"items": 1000}})
+    t = wait_phase(cluster, namespace, "big", "Succeeded")
+    assert t["status"].get("result") is None, "a result over 4 KiB stays out of the status"
+    ref = t["status"]["resultRef"]
+    assert ref == f"redis:{namespace}/default/{t['metadata']['uid']}"
+    cli = subprocess.run(
+        [sys.executable, "-m", "taskorch.cli", "result", "--redis-url", redis_url, ref],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(cli.stdout)
+    assert len(result) == 1000 and result[-1] == "item-00999"
