@@ -73,3 +73,16 @@ class Size(BaseModel):
 @app.handler("big_result")
 async def big_result(ctx: taskorch.Context, p: Size) -> list[str]:
     return [f"item-{i:05d}" for i in range(p.items)]
+
+
+class Steps(BaseModel):
+    steps: int
+    seconds_each: float
+
+
+@app.handler("steps")
+async def steps(ctx: taskorch.Context, p: Steps) -> int:
+    for i in range(1, p.steps + 1):
+        ctx.progress({"step": i, "of": p.steps})
+        await asyncio.sleep(p.seconds_each)
+    return p.steps

@@ -91,6 +91,25 @@ async def test_sigterm_drains_finishes_in_flight_and_releases_the_rest(
         second.kill()
 
 
+async def test_progress_is_visible_while_the_handler_runs(
+    client: taskorch.Client, redis_url: str, tmp_path: Path
+) -> None:
+    # A 0.9 s lease: heartbeats, which carry progress, every 0.3 s.
+    worker = start_worker(redis_url, NS, tmp_path / "w.log", TASKORCH_LEASE_SECONDS="0.9")
+    try:
+        task_id = await client.enqueue("steps", {"steps": 3, "seconds_each": 1.0})
+
+        async def progress() -> object:
+            info = await client.get(task_id)
+            return info.progress if info and info.state is State.active else None
+
+        seen = await async_wait_for(progress, timeout=20, what="progress while running")
+        assert seen in ({"step": 1, "of": 3}, {"step": 2, "of": 3}, {"step": 3, "of": 3})
+        assert await client.wait(task_id, timeout=20) == 3
+    finally:
+        worker.kill()
+
+
 def test_cli_queues_pause_resume(redis_url: str) -> None:
     async def seed() -> None:
         async with taskorch.Client(redis_url, namespace=NS, queue="reports") as c:

@@ -134,7 +134,7 @@ async def test_cancel_queued_and_flag_running(broker: Broker) -> None:
     assert running.id == "r"
     assert await broker.cancel(NS, Q, "q") == "queued"
     assert await broker.cancel(NS, Q, "r") == "active"
-    lost, cancels = await broker.extend(NS, Q, [("r", running.fence)], 30)
+    lost, cancels = await broker.extend(NS, Q, [("r", running.fence, "")], 30)
     assert lost == [] and cancels == ["r"]
     _, claimed = await broker.settle_claim(NS, Q, "w", [], 5)
     assert claimed == []  # the cancelled queued task is never handed out
@@ -165,3 +165,18 @@ async def test_queue_is_registered_and_registered_again_after_data_loss(broker: 
     await broker.redis.flushall()  # Redis came back without its data
     await enqueue(broker, TaskRequest("t", id="b"))
     assert await broker.queues() == [(NS, Q)]
+
+
+async def test_progress_is_stored_with_the_heartbeat_while_the_lease_is_ours(
+    broker: Broker,
+) -> None:
+    await enqueue(broker, TaskRequest("t", id="x"))
+    _, [c] = await broker.settle_claim(NS, Q, "w", [], 1)
+    assert await broker.extend(NS, Q, [("x", c.fence, '{"step":1}')], 30) == ([], [])
+    info = await broker.get(NS, Q, "x")
+    assert info is not None and info.progress == {"step": 1}
+    await broker.settle_claim(NS, Q, "w", [Settlement("x", c.fence, Outcome.ok, "1")], 0)
+    lost, _ = await broker.extend(NS, Q, [("x", c.fence, '{"step":2}')], 30)
+    assert lost == ["x"]
+    info = await broker.get(NS, Q, "x")
+    assert info is not None and info.progress == {"step": 1}, "a late heartbeat wrote progress"

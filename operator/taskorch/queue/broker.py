@@ -147,12 +147,17 @@ class Broker:
         return [_s(r) for r in rejected], claimed
 
     async def extend(
-        self, namespace: str, queue: str, leases: Sequence[tuple[str, str]], lease_seconds: float
+        self,
+        namespace: str,
+        queue: str,
+        leases: Sequence[tuple[str, str, str]],
+        lease_seconds: float,
     ) -> tuple[list[str], list[str]]:
-        """Renew leases in one call; returns (lost ids, ids whose cancellation was requested)."""
+        """Renew (id, fence, progress JSON or "") leases in one call, storing progress while the
+        lease is still ours; returns (lost ids, ids whose cancellation was requested)."""
         argv: list[Any] = [now_ms(), int(lease_seconds * 1000)]
-        for task_id, fence in leases:
-            argv += [task_id, fence]
+        for lease in leases:
+            argv += lease
         lost, cancels = await self.scripts.extend(keys=[keys.prefix(namespace, queue)], args=argv)
         return [_s(i) for i in lost], [_s(i) for i in cancels]
 

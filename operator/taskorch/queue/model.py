@@ -107,6 +107,7 @@ class TaskInfo:
     result: Any = None
     error: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    progress: Any = None  # the handler's latest ctx.progress() report, as of its last heartbeat
     owner: str | None = None
     created_ms: int | None = None
     started_ms: int | None = None
@@ -137,6 +138,7 @@ class TaskInfo:
             result=js("result"),
             error=js("error"),
             history=js("history") or [],
+            progress=js("progress"),
             owner=h.get("owner"),
             created_ms=num("created_ms"),
             started_ms=num("started_ms"),

@@ -204,15 +204,12 @@ class Worker:
 
     async def _renew_leases(self) -> None:
         for queue in self.queues:
-            leases = [
-                (r.claimed.id, r.claimed.fence) for r in self.running.values() if r.queue == queue
-            ]
             progress, self.progress[queue] = self.progress[queue], {}
-            if progress:
-                async with self.broker.redis.pipeline(transaction=False) as p:
-                    for task_id, value in progress.items():
-                        p.hset(keys.task(self.namespace, queue, task_id), "progress", value)
-                    await p.execute()
+            leases = [
+                (r.claimed.id, r.claimed.fence, progress.get(r.claimed.id, ""))
+                for r in self.running.values()
+                if r.queue == queue
+            ]
             if not leases:
                 continue
             lost, cancels = await self.broker.extend(self.namespace, queue, leases, self.lease)
