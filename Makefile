@@ -116,8 +116,8 @@ kind-up: images ## kind cluster + images + the chart + the example Task (needs D
 	  $(IMAGE_PREFIX)/taskorch-operator:$(VERSION) $(IMAGE_PREFIX)/taskorch-worker:$(VERSION)
 	$(HELM) upgrade --install taskorch charts/taskorch --namespace taskorch --create-namespace --wait \
 	  --kube-context kind-taskorch
-	kubectl --context kind-taskorch -n taskorch apply -f examples/task.yaml
-	kubectl --context kind-taskorch -n taskorch wait --for=condition=Succeeded task/resize-1 --timeout=120s
+	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch apply -f examples/task.yaml
+	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch wait --for=condition=Succeeded task/resize-1 --timeout=120s
 
 .PHONY: kind-down
 kind-down: ## delete the kind cluster
