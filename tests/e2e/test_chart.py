@@ -227,6 +227,12 @@ def test_install_run_least_privilege_upgrade_uninstall(
         f"clusterrole.rbac.authorization.k8s.io/{release}-operator",
     ):
         assert expected in installed, installed
+    pvc = f"persistentvolumeclaim/data-{release}-redis-0"
+    wait_for(
+        lambda: pvc in _instance_objects(cluster, namespace, release),
+        timeout=60,
+        what="the bundled Redis's volume claim (uninstall must remove it too)",
+    )
 
     sa_kubeconfig = tmp_path / "operator-sa.kubeconfig"
     with example_task_succeeds_as_operator_sa(
