@@ -55,6 +55,18 @@ class Kube:
         STATUS_WRITES.labels(plural).inc()
         return True
 
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            body: dict[str, Any] = await self._run(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return body
+
     async def delete(self, plural: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete, if it still exists (and, with `uid`, only if it is still that object)."""
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid)) if uid else None

@@ -31,9 +31,11 @@ class Reenqueue(Protocol):
 
 @dataclass
 class InFlight:
+    """What the resync needs of an in-flight Task; not its spec, whose payload may be large."""
+
     namespace: str
-    spec: dict[str, Any]
-    meta: dict[str, Any]
+    name: str
+    queue: str
     phase: str | None
     attempts: int | None
     seen: float  # monotonic time of the last watch event
@@ -69,7 +71,12 @@ class Tracker:
                 )
         elif not spec.get("suspend"):
             self.in_flight[uid] = InFlight(
-                namespace, dict(spec), dict(meta), phase, status.get("attempts"), time.monotonic()
+                namespace,
+                meta["name"],
+                spec.get("queue", "default"),
+                phase,
+                status.get("attempts"),
+                time.monotonic(),
             )
 
     def _cancel_expiry(self, uid: str) -> None:
@@ -93,20 +100,21 @@ class Tracker:
                     try:
                         await self._resync(uid, task)
                     except Exception:  # one Task's trouble must not stop the others' resync
-                        log.exception("resync of %s/%s failed", task.namespace, task.meta["name"])
+                        log.exception("resync of %s/%s failed", task.namespace, task.name)
 
     async def _resync(self, uid: str, task: InFlight) -> None:
         """Safety net for a lost stream entry or lost Redis data: re-read the record, or
         enqueue again. Quiet Tasks only: a busy one is being written by the status writer."""
-        info = await self.broker.get(task.namespace, task.spec.get("queue", "default"), uid)
+        info = await self.broker.get(task.namespace, task.queue, uid)
         if info is None:
+            body = await self.kube.get("tasks", task.namespace, task.name)
+            if body is None or body["metadata"]["uid"] != uid:
+                return  # deleted meanwhile
             log.warning(
-                "task %s/%s is missing from redis: enqueueing it again",
-                task.namespace,
-                task.meta["name"],
+                "task %s/%s is missing from redis: enqueueing it again", task.namespace, task.name
             )
-            await self.reenqueue(task.spec, task.meta, task.namespace)
+            await self.reenqueue(body["spec"], body["metadata"], task.namespace)
             return
         fresh = task_status(info, info.generation)
         if fresh["phase"] != task.phase or fresh["attempts"] != task.attempts:
-            await self.kube.patch_status("tasks", task.namespace, task.meta["name"], fresh)
+            await self.kube.patch_status("tasks", task.namespace, task.name, fresh)
