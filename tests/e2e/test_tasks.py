@@ -426,3 +426,17 @@ def test_large_result_is_referenced_and_readable_with_the_cli(
     )
     result = json.loads(cli.stdout)
     assert len(result) == 1000 and result[-1] == "item-00999"
+
+
+def test_payload_over_the_cap_fails_with_reason_and_event(
+    cluster: Cluster, namespace: str, operator: Proc
+) -> None:
+    apply_task(cluster, namespace, "huge", {"type": "noop", "payload": {"blob": "x" * 70_000}})
+    t = wait_phase(cluster, namespace, "huge", "Failed")
+    c = cond(t, "Succeeded")
+    assert (c["status"], c["reason"]) == ("False", "PayloadTooLarge")
+    assert "over 65536" in c["message"]
+    events = cluster.get_json(
+        "events", "--field-selector", "involvedObject.name=huge", namespace=namespace
+    )
+    assert [e["reason"] for e in events["items"]] == ["PayloadTooLarge"]

@@ -99,6 +99,9 @@ async def enqueue(
         request = await build_request(memo.kube, spec, meta, namespace)
     except Refused as e:
         patch.status.update(failed_status(e.reason, str(e), meta.get("generation"), now_ms()))
+        await memo.kube.event(
+            "Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e)
+        )
         return
     except Waiting as e:
         patch.status["phase"] = TaskPhase.Pending.value
