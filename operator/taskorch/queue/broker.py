@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,14 +65,12 @@ class Broker:
         await self.redis.aclose()
 
     async def enqueue_many(
-        self, namespace: str, queue: str, requests: Sequence[TaskRequest], *, new_id: Any = None
+        self, namespace: str, queue: str, requests: Sequence[TaskRequest]
     ) -> list[str]:
         """Enqueue in one round trip; returns each task's id (an existing one on a duplicate).
 
         Consecutive requests that share everything but id, payload and idempotency key travel
         as one group, so the common SDK batch (one type, one policy) costs 3 values a task."""
-        import uuid
-
         s = self.settings
         ukey_ttl = s.idempotency_ttl_seconds * 1000
         argv: list[Any] = [now_ms()]
@@ -79,7 +78,7 @@ class Broker:
             tasks: list[Any] = []
             for r in group:
                 tasks += [
-                    r.id or (new_id() if new_id else uuid.uuid4().hex),
+                    r.id or uuid.uuid4().hex,
                     dumps(r.payload),
                     r.idempotency_key or "",
                 ]
