@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from taskorch.queue import keys
 from taskorch.queue.model import (
     Claimed,
+    ClaimResult,
     Settlement,
     TaskInfo,
     TaskRequest,
@@ -116,15 +117,16 @@ class Broker:
         settlements: Iterable[Settlement],
         n: int,
         lease_seconds: float | None = None,
-    ) -> tuple[list[str], list[Claimed]]:
+    ) -> ClaimResult:
         """Settle finished attempts and claim up to `n` more, atomically, in one round trip.
-        Returns the ids whose settlement the fence rejected, and the claimed attempts."""
+        Returns the ids whose settlement the fence rejected, the claimed attempts and when the
+        next delayed task falls due (epoch ms, None when there is none)."""
         s = self.settings
         lease_ms = int((lease_seconds or s.lease_seconds) * 1000)
         argv: list[Any] = [now_ms(), worker, lease_ms, n, s.max_recoveries, s.dlq_cap, 1]
         for st in settlements:
             argv += st.argv()
-        rejected, flat = await self.scripts.settle_claim(
+        rejected, flat, next_due = await self.scripts.settle_claim(
             keys=[keys.prefix(namespace, queue)], args=argv
         )
         claimed = []
@@ -143,7 +145,9 @@ class Broker:
                     timeout=int(f[8]) / 1000 if f[8] and f[8] != "0" else None,
                 )
             )
-        return [_s(r) for r in rejected], claimed
+        return ClaimResult(
+            [_s(r) for r in rejected], claimed, int(float(next_due)) if next_due else None
+        )
 
     async def extend(
         self,

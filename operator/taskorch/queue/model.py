@@ -6,7 +6,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 DEFAULT_PRIORITY = 5
 
@@ -90,6 +90,14 @@ class Claimed:
     payload: str
     policy: dict[str, Any] | None
     timeout: float | None
+
+
+class ClaimResult(NamedTuple):
+    """What one settle_claim round trip returns."""
+
+    rejected: list[str]  # settlements the fence refused (a zombie's)
+    claimed: list[Claimed]
+    next_due_ms: int | None  # when the next delayed task falls due
 
 
 @dataclass(slots=True)

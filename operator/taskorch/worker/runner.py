@@ -85,6 +85,7 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.pending: dict[str, list[Settlement]] = {q: [] for q in self.queues}
         self.progress: dict[str, dict[str, str]] = {q: {} for q in self.queues}
+        self.next_due_ms: dict[str, int | None] = {}  # per queue, from the last settle_claim
         self.wake = asyncio.Event()
         self.has_capacity = asyncio.Event()
         self.draining = False
@@ -131,7 +132,7 @@ class Worker:
             if worked:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), await self._idle_timeout())
+                await asyncio.wait_for(self.wake.wait(), self._idle_timeout())
             if self.draining and self.running and self._drain_deadline_passed():
                 self._stop_all("release")
 
@@ -143,7 +144,7 @@ class Worker:
             if not settlements and free <= 0:
                 continue
             try:
-                rejected, claimed = await self.broker.settle_claim(
+                rejected, claimed, self.next_due_ms[queue] = await self.broker.settle_claim(
                     self.namespace, queue, self.name, settlements, free, self.lease
                 )
             except BaseException:
@@ -157,17 +158,14 @@ class Worker:
         self._update_capacity()
         return worked
 
-    async def _idle_timeout(self) -> float:
-        """Sleep until the next delayed task is due (retry backoff, runAt), at most a second."""
-        timeout = IDLE_WAKE_SECONDS
-        now = now_ms()
-        for queue in self.queues:
-            head = await self.broker.redis.zrange(
-                f"{keys.prefix(self.namespace, queue)}delayed", 0, 0, withscores=True
-            )
-            if head:
-                timeout = min(timeout, max(0.0, (float(head[0][1]) - now) / 1000))
-        return timeout
+    def _idle_timeout(self) -> float:
+        """Sleep until the next delayed task falls due (retry backoff, runAt), as the last
+        settle_claim reported it, at most a second. Without free capacity a due task could not
+        be claimed anyway: a finishing attempt wakes the loop."""
+        dues = [d for d in self.next_due_ms.values() if d is not None]
+        if not dues or self.draining or len(self.running) >= self.concurrency:
+            return IDLE_WAKE_SECONDS
+        return min(IDLE_WAKE_SECONDS, max(0.0, (min(dues) - now_ms()) / 1000))
 
     def _drain_deadline_passed(self) -> bool:
         return time.monotonic() >= self._drain_started + self.grace

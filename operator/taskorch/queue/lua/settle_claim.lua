@@ -1,7 +1,7 @@
 -- settle(results) + claim(n), one round trip.
 -- ARGV: now_ms, worker, lease_ms, n, max_recoveries, dlq_cap, paused_ok, then 6 fields per
 -- settlement: id, fence, outcome (ok|retry|dead|cancelled|release), data, retry_due_ms, history.
--- Returns {rejected ids, claimed tasks (9 fields each)}.
+-- Returns {rejected ids, claimed tasks (9 fields each), due time of the next delayed task or ''}.
 local now, worker = tonumber(ARGV[1]), ARGV[2]
 local lease_ms, n = tonumber(ARGV[3]), tonumber(ARGV[4])
 local max_recoveries, dlq_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -54,7 +54,8 @@ for i = 8, #ARGV, 6 do
 end
 
 local claimed = {}
-if n > 0 and redis.call('EXISTS', k('paused')) == 0 then
+local paused = redis.call('EXISTS', k('paused')) == 1
+if n > 0 and not paused then
   -- Due delayed work (runAt, retry backoff) becomes ready.
   for _, id in ipairs(redis.call('ZRANGE', k('delayed'), '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)) do
     redis.call('ZREM', k('delayed'), id)
@@ -121,4 +122,11 @@ if n > 0 and redis.call('EXISTS', k('paused')) == 0 then
     end
   end
 end
-return {rejected, claimed}
+-- When the next delayed task (runAt, retry backoff) falls due: an idle worker sleeps until then
+-- without asking Redis again. Paused: nothing is due until resume, whose marker wakes workers.
+local next_due = ''
+if not paused then
+  local head = redis.call('ZRANGE', k('delayed'), 0, 0, 'WITHSCORES')
+  next_due = head[2] or ''
+end
+return {rejected, claimed, next_due}
