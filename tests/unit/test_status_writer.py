@@ -41,6 +41,9 @@ class FakeKube:
         self.statuses[name] = status
         return True
 
+    async def status_of(self, name: str) -> dict[str, Any] | None:
+        return self.statuses.get(name)
+
     async def event(self, kind: str, namespace: str, name: str, *args: str) -> None:
         self.events.append(args[2])  # the reason
 
@@ -82,9 +85,7 @@ async def test_failed_writes_are_retried_until_they_land(
     await run_to_success(broker, "a")
     kube = FakeKube(failures=3)
     start(broker, kube, "op-1", writers)
-    status = await async_wait_for(
-        lambda: asyncio.sleep(0, kube.statuses.get("cr-a")), timeout=20, what="status of cr-a"
-    )
+    status = await async_wait_for(lambda: kube.status_of("cr-a"), timeout=20, what="status of cr-a")
     assert status["phase"] == "Succeeded" and status["result"] == 7
     assert kube.calls == 4
     await async_wait_for(lambda: _none_pending(broker), timeout=10, what="every entry acked")
@@ -102,9 +103,7 @@ async def test_restarted_operator_adopts_what_its_predecessor_never_acked(
 
     kube = FakeKube()
     start(broker, kube, "op-2", writers)
-    status = await async_wait_for(
-        lambda: asyncio.sleep(0, kube.statuses.get("cr-b")), timeout=20, what="status of cr-b"
-    )
+    status = await async_wait_for(lambda: kube.status_of("cr-b"), timeout=20, what="status of cr-b")
     assert status["phase"] == "Succeeded"
     await async_wait_for(lambda: _none_pending(broker), timeout=10, what="every entry acked")
     consumers = {c["name"] for c in await broker.redis.xinfo_consumers(STREAM, GROUP_NAME)}
