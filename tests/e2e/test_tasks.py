@@ -7,6 +7,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -291,6 +292,7 @@ def test_redis_outage_loses_nothing(
 ) -> None:
     workers()
     redis_server.stop()
+    stopped = time.monotonic()
     names = [f"during-outage-{i}" for i in range(5)]
     for n in names:
         apply_task(cluster, namespace, n, {"type": "noop"})
@@ -299,10 +301,11 @@ def test_redis_outage_loses_nothing(
         conds = task(cluster, namespace, name).get("status", {}).get("conditions", [])
         return any(c["type"] == "QueueUnavailable" and c["status"] == "True" for c in conds)
 
+    # An outage of at least 10 s, during which every Task says why it waits.
     wait_for(
-        lambda: all(unavailable(n) for n in names),
+        lambda: time.monotonic() - stopped >= 10 and all(unavailable(n) for n in names),
         timeout=60,
-        what="QueueUnavailable on every task",
+        what="10 s of outage with QueueUnavailable on every task",
     )
     redis_server.start()
     for n in names:
