@@ -10,11 +10,14 @@ local function wake()
   if redis.call('LLEN', k('marker')) == 0 then redis.call('RPUSH', k('marker'), '1') end
 end
 
+-- A state change on the stream the operator's status writer consumes.
+local function emit(id, state, now)
+  redis.call('XADD', k('events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'id', id, 'state', state, 'ts', now)
+end
+
+-- emit, for the tasks that asked for it (CR-backed ones) when they were enqueued.
 local function notify(id, state, now)
-  if redis.call('HGET', tkey(id), 'notify') == '1' then
-    redis.call('XADD', k('events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-      'id', id, 'state', state, 'ts', now)
-  end
+  if redis.call('HGET', tkey(id), 'notify') == '1' then emit(id, state, now) end
 end
 
 local function push_history(id, entry, keep)

@@ -51,10 +51,7 @@ while i <= #ARGV do
       else
         ready[#ready + 1] = id
       end
-      if notify_flag == '1' then
-        redis.call('XADD', k('events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-          'id', id, 'state', state, 'ts', now)
-      end
+      if notify_flag == '1' then emit(id, state, now) end  -- known here: no HGET
       created = created + 1
       out[#out + 1] = id
     end
