@@ -50,7 +50,7 @@ lint: venv system-packages ## ruff (lint + format check), mypy, hadolint, shellc
 
 .PHONY: test
 test: tools lint ## lint, unit tests, e2e tests (starts a control plane and Redis, stops them after)
-	$(PY) -m pytest tests/unit tests/e2e
+	$(PY) -m pytest tests/unit tests/with_redis tests/e2e
 
 .PHONY: unit
 unit: tools ## unit tests only

@@ -5,17 +5,20 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from taskorch.client import Client, TaskFailed
+    from taskorch.client import Client
+    from taskorch.errors import InvalidTask, NonRetryable, TaskFailed, TaskorchError
     from taskorch.worker.app import App, Context
-    from taskorch.worker.retry import NonRetryable, Retry
+    from taskorch.worker.retry import Retry
 
 _EXPORTS = {
     "Client": "taskorch.client",
-    "TaskFailed": "taskorch.client",
+    "TaskFailed": "taskorch.errors",
+    "InvalidTask": "taskorch.errors",
+    "NonRetryable": "taskorch.errors",
+    "TaskorchError": "taskorch.errors",
     "App": "taskorch.worker.app",
     "Context": "taskorch.worker.app",
     "Retry": "taskorch.worker.retry",
-    "NonRetryable": "taskorch.worker.retry",
 }
 
 
@@ -28,4 +31,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["App", "Client", "Context", "NonRetryable", "Retry", "TaskFailed", "__version__"]
+__all__ = [
+    "App",
+    "Client",
+    "Context",
+    "InvalidTask",
+    "NonRetryable",
+    "Retry",
+    "TaskFailed",
+    "TaskorchError",
+    "__version__",
+]

@@ -14,6 +14,7 @@ from taskorch.settings import Settings
 
 if TYPE_CHECKING:
     from taskorch.queue.broker import Broker
+    from taskorch.queue.inspect import Inspector
     from taskorch.queue.model import TaskInfo
 
 T = TypeVar("T")
@@ -66,7 +67,13 @@ namespace_option = click.option(
 
 @main.command()
 @click.option("--app", "app_ref", required=True, help="module:attribute of the taskorch.App.")
-@click.option("--queues", default="default", show_default=True, help="Comma-separated, in order.")
+@click.option(
+    "--queues",
+    default="default",
+    show_default=True,
+    help="Comma-separated: `a,b` serves b only with capacity a leaves (strict order); "
+    "`a:3,b:1` shares capacity 3:1, so b progresses while a is full.",
+)
 @click.option("--concurrency", "-c", default=16, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--grace", default=30.0, show_default=True, help="Seconds to drain on SIGTERM.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
@@ -86,11 +93,18 @@ def worker(
     import importlib
     import signal
 
+    from taskorch.errors import TaskorchError
     from taskorch.queue.broker import Broker
+    from taskorch.queue.connection import warn_unless_noeviction
     from taskorch.worker.app import App
+    from taskorch.worker.queues import QueueSet
     from taskorch.worker.runner import Worker
 
     _logging()
+    try:
+        queue_set = QueueSet.parse(queues)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--queues") from e
     module_name, _, attr = app_ref.partition(":")
     app = getattr(importlib.import_module(module_name), attr or "app")
     if not isinstance(app, App):
@@ -103,11 +117,12 @@ def worker(
 
     async def run() -> None:
         broker = Broker.from_url(settings.redis_url, settings)
+        await warn_unless_noeviction(broker.redis)
         w = Worker(
             app,
             broker,
             namespace=settings.namespace,
-            queues=[q.strip() for q in queues.split(",") if q.strip()],
+            queues=queue_set,
             concurrency=concurrency,
             grace_seconds=grace,
         )
@@ -119,7 +134,12 @@ def worker(
         finally:
             await broker.close()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except TaskorchError as e:
+        # A supervised loop ended (e.g. leases could not be renewed): exit non-zero so that
+        # Kubernetes restarts the worker.
+        raise SystemExit(f"taskorch worker stopped: {e}") from e
 
 
 @main.command()
@@ -132,9 +152,19 @@ def operator(
 ) -> None:
     """Run the operator (kopf): reconcile taskorch resources and write their status."""
     from taskorch.controller.main import run_operator
+    from taskorch.errors import TaskorchError
 
     _logging()
-    run_operator(_settings(redis_url=redis_url), list(namespaces), liveness, metrics_port)
+    try:
+        run_operator(_settings(redis_url=redis_url), list(namespaces), liveness, metrics_port)
+    except TaskorchError as e:
+        raise SystemExit(f"taskorch operator stopped: {e}") from e
+
+
+def _inspect_call(redis_url: str | None, fn: Callable[[Inspector], Awaitable[T]]) -> T:
+    from taskorch.queue.inspect import Inspector
+
+    return _broker_call(redis_url, lambda b: fn(Inspector(b)))
 
 
 def _broker_call(redis_url: str | None, fn: Callable[[Broker], Awaitable[T]]) -> T:
@@ -159,10 +189,10 @@ def _broker_call(redis_url: str | None, fn: Callable[[Broker], Awaitable[T]]) ->
 def queues(redis_url: str | None, output: str) -> None:
     """List queues: depth, in-flight, delayed, dead, oldest ready age, paused."""
 
-    async def collect(b: Broker) -> list[dict[str, object]]:
-        return [{"namespace": ns, "queue": q, **await b.depth(ns, q)} for ns, q in await b.queues()]
+    async def collect(i: Inspector) -> list[dict[str, object]]:
+        return [q.as_dict() for q in await i.all_stats()]
 
-    rows = _broker_call(redis_url, collect)
+    rows = _inspect_call(redis_url, collect)
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -223,15 +253,13 @@ queue_option = click.option("--queue", "-q", default="default", show_default=Tru
 def dlq_list(redis_url: str | None, namespace: str, queue: str, limit: int) -> None:
     """List dead tasks, oldest first: id, type, attempts, reason."""
 
-    async def collect(b: Broker) -> list[TaskInfo | None]:
-        ids = await b.dead_ids(namespace, queue, limit)
-        return await b.get_many([(namespace, queue, i) for i in ids])
+    async def collect(i: Inspector) -> list[TaskInfo]:
+        return await i.dead_tasks(namespace, queue, limit=limit)
 
-    for info in _broker_call(redis_url, collect):
-        if info:
-            err = info.error or {}
-            message = str(err.get("message", ""))[:80]
-            click.echo(f"{info.id}\t{info.type}\t{info.attempt}\t{err.get('reason')}: {message}")
+    for info in _inspect_call(redis_url, collect):
+        err = info.error or {}
+        message = str(err.get("message", ""))[:80]
+        click.echo(f"{info.id}\t{info.type}\t{info.attempt}\t{err.get('reason')}: {message}")
 
 
 @dlq.command("requeue")
@@ -248,7 +276,9 @@ def dlq_requeue(
         raise click.UsageError("give task ids or --all")
 
     async def requeue(b: Broker) -> list[str]:
-        targets = list(ids) or await b.dead_ids(namespace, queue, limit=1_000_000)
+        from taskorch.queue.inspect import Inspector
+
+        targets = list(ids) or await Inspector(b).dead_ids(namespace, queue, limit=1_000_000)
         return await b.requeue_dead(namespace, queue, targets)
 
     revived = _broker_call(redis_url, requeue)

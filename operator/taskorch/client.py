@@ -3,6 +3,9 @@
 client = taskorch.Client(redis_url, namespace="team-a")
 ids = await client.enqueue_many("process_image", payloads, queue="default")
 result = await client.wait(ids[0], timeout=5)
+
+Every option is checked by the same pydantic models as the Task CRD, so what `kubectl apply`
+would refuse, the SDK refuses too (InvalidTask, naming the field), before anything is enqueued.
 """
 
 from __future__ import annotations
@@ -12,21 +15,45 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from taskorch.api.task import priority_level
+from pydantic import ValidationError
+
+from taskorch.api.task import TaskSpec, priority_level
+from taskorch.errors import InvalidTask, TaskFailed
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TERMINAL, State, TaskInfo, TaskRequest
 from taskorch.settings import Settings
 
+__all__ = ["Client", "InvalidTask", "TaskFailed"]
 
-class TaskFailed(Exception):
-    """wait() on a task that ended dead-lettered or cancelled."""
 
-    def __init__(self, info: TaskInfo) -> None:
-        self.info = info
-        err = info.error or {}
-        super().__init__(
-            f"task {info.id} ended {info.state}: {err.get('reason')}: {err.get('message')}"
+def validated_options(
+    type: str,
+    queue: str,
+    priority: int | str,
+    retry: dict[str, Any] | None,
+    timeout: float | None,
+    delay: float | None,
+) -> TaskSpec:
+    """The options of an SDK enqueue as a TaskSpec (payload aside), or InvalidTask."""
+    for name, value in (("timeout", timeout), ("delay", delay)):
+        if value is not None and not value >= 0:
+            raise InvalidTask(f"{name} must be a number of seconds >= 0, not {value!r}")
+    try:
+        return TaskSpec.model_validate(
+            {
+                "type": type,
+                "queue": queue,
+                "priority": priority,
+                "retry": retry,
+                "timeout": f"{round(timeout * 1000)}ms" if timeout else None,
+            }
         )
+    except ValidationError as e:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+            for err in e.errors(include_url=False)
+        )
+        raise InvalidTask(f"invalid task options: {fields}") from e
 
 
 class Client:
@@ -68,26 +95,28 @@ class Client:
         idempotency_keys: Iterable[str | None] | None = None,
         batch_size: int = 1000,
     ) -> list[str]:
-        """Enqueue one task per payload, `batch_size` per round trip; returns their ids."""
-        level = priority_level(priority)
-        run_at = time.time() + delay if delay else None
+        """Enqueue one task per payload, `batch_size` per round trip; returns their ids (for a
+        held idempotency key, the id of the task that holds it). Raises InvalidTask, naming the
+        field, for options the Task CRD would refuse or a payload over 64 KiB as JSON."""
+        spec = validated_options(type, queue or self.queue, priority, retry, timeout, delay)
+        policy = spec.retry.model_dump(by_alias=True, exclude_none=True) if spec.retry else None
         ukeys = iter(idempotency_keys) if idempotency_keys is not None else None
         requests = [
             TaskRequest(
-                type=type,
+                type=spec.type,
                 payload=p,
-                priority=level,
-                retry=retry,
+                priority=priority_level(spec.priority),
+                retry=policy,
                 timeout=timeout,
-                run_at=run_at,
+                delay=delay,
                 idempotency_key=next(ukeys) if ukeys else None,
             )
             for p in payloads
         ]
-        q = queue or self.queue
         ids: list[str] = []
         for i in range(0, len(requests), batch_size):
-            ids += await self.broker.enqueue_many(self.namespace, q, requests[i : i + batch_size])
+            chunk = requests[i : i + batch_size]
+            ids += await self.broker.enqueue_many(self.namespace, spec.queue, chunk)
         return ids
 
     async def get(self, task_id: str, *, queue: str | None = None) -> TaskInfo | None:

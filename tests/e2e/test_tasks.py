@@ -270,14 +270,16 @@ def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namesp
 def test_unknown_type_and_bad_payload_are_dead_lettered_with_reason(
     cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
 ) -> None:
-    workers()
+    workers(TASKORCH_HANDBACK_LIMIT="2", TASKORCH_HANDBACK_DELAY_SECONDS="0.2")
     apply_task(cluster, namespace, "mystery", {"type": "no_such_handler"})
     apply_task(
         cluster, namespace, "badpayload", {"type": "process_image", "payload": {"width": "big"}}
     )
     t = wait_phase(cluster, namespace, "mystery", "DeadLettered")
     assert cond(t, "DeadLettered")["reason"] == "UnknownTaskType"
-    assert t["status"]["attempts"] == 1
+    # Handed back twice for a worker that has the handler, then dead-lettered: never run.
+    assert t["status"]["attempts"] == 0
+    assert [h["outcome"] for h in t["status"]["history"]] == ["Refused"] * 3
     t = wait_phase(cluster, namespace, "badpayload", "DeadLettered")
     assert cond(t, "Succeeded")["reason"] == "InvalidPayload"
     assert "image_url" in t["status"]["lastError"]["message"]

@@ -6,14 +6,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, model_validator
 
-from taskorch.api.base import ApiModel, Condition, Duration
+from taskorch.api.base import ApiModel, Condition, Duration, duration_seconds
 
 # Named priorities map onto the 0–9 scale (9 most urgent), leaving room above and below them.
 PRIORITY_NAMES = {"high": 8, "normal": 5, "low": 2}
 Priority = Annotated[
-    int | Literal["high", "normal", "low"],
+    # The bounds are checked by pydantic (the SDK) and by the CEL rule (kubectl apply) alike.
+    Annotated[int, Field(ge=0, le=9)] | Literal["high", "normal", "low"],
     Field(
         description="high, normal or low, or 0–9 where 9 is the most urgent "
         "(high=8, normal=5, low=2). Ready work is claimed strictly from the highest priority down.",
@@ -81,6 +82,13 @@ class RetryPolicy(ApiModel):
         max_length=32,
         description="Never retry errors of these classes; they dead-letter the task at once.",
     )
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> RetryPolicy:
+        # The CEL rule above, for callers that do not go through the API server (the SDK).
+        if duration_seconds(self.initial_delay) > duration_seconds(self.max_delay):
+            raise ValueError("initialDelay must not exceed maxDelay")
+        return self
 
 
 class KeyRef(ApiModel):
@@ -191,7 +199,9 @@ class TaskSpec(ApiModel):
     idempotency_key: str | None = Field(
         default=None,
         max_length=256,
-        description="Tasks of one queue with the same key run once while the key is retained.",
+        description="Tasks of one queue with the same key run once while the key is retained "
+        "(24 h): a later Task with a held key ends Skipped, reason Duplicate, naming the Task "
+        "that holds it.",
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the Task this long after it finished."
@@ -227,15 +237,25 @@ class TaskPhase(StrEnum):
     Failed = "Failed"
     DeadLettered = "DeadLettered"
     Cancelled = "Cancelled"
+    Skipped = "Skipped"  # never ran: another task holds its idempotencyKey (reason Duplicate)
 
 
 TERMINAL_PHASES = frozenset(
-    {TaskPhase.Succeeded, TaskPhase.Failed, TaskPhase.DeadLettered, TaskPhase.Cancelled}
+    {
+        TaskPhase.Succeeded,
+        TaskPhase.Failed,
+        TaskPhase.DeadLettered,
+        TaskPhase.Cancelled,
+        TaskPhase.Skipped,
+    }
 )
 
 
 class TaskError(ApiModel):
     type: str = Field(description="Error class, e.g. TimeoutError, UnknownTaskType.")
+    reason: str | None = Field(
+        default=None, description="Why the attempt failed, e.g. HandlerError, InvalidPayload."
+    )
     message: str = Field(default="", description="The error's message (truncated).")
     traceback: str | None = Field(default=None, description="Last lines of the traceback.")
 
@@ -246,7 +266,8 @@ class AttemptRecord(ApiModel):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     outcome: str = Field(
-        description="Succeeded, Failed, Retrying, TimedOut, LostWorker, Cancelled."
+        description="Succeeded, Failed, TimedOut, LostWorker, Cancelled, Released (a draining "
+        "worker handed it back) or Refused (a worker without the handler handed it back)."
     )
     error: str | None = Field(default=None, description="Error class and message, short.")
 
@@ -259,7 +280,11 @@ class TaskStatus(ApiModel):
         default=None, description="Succeeded (True/False/Unknown), DeadLettered, QueueUnavailable."
     )
     observed_generation: int | None = None
-    task_id: str | None = Field(default=None, description="Id of the task in Redis (the UID).")
+    task_id: str | None = Field(
+        default=None,
+        description="Id of the task in Redis: the UID, or for a Duplicate the id of the task "
+        "that holds the idempotencyKey.",
+    )
     attempts: int | None = Field(default=None, description="Attempts started so far.")
     start_time: datetime | None = Field(default=None, description="First attempt's start.")
     completion_time: datetime | None = None

@@ -10,11 +10,13 @@ from typing import Any
 import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from taskorch.api.reasons import Reason
 from taskorch.controller.kube import Kube
 from taskorch.controller.status import task_status
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import TaskInfo
+from taskorch.queue.inspect import Inspector
+from taskorch.queue.model import TaskInfo, TaskRef
 
 log = logging.getLogger("taskorch.status")
 GROUP_NAME = "taskorch-operator"
@@ -35,6 +37,7 @@ class StatusWriter:
         self.consumer = consumer
         self.batch_window = batch_window
         self.batch = batch
+        self.inspector = Inspector(broker)
         self.streams: dict[str, str] = {}  # stream key -> "ns/queue"
         self.write_limit = asyncio.Semaphore(16)
 
@@ -53,14 +56,21 @@ class StatusWriter:
                         backoff = min(backoff * 2, 5.0)
                     else:
                         backoff = 0.2
+                    if not got_any and not failed:
+                        # Idle: the pause lets a task's quick succession of changes coalesce
+                        # into one status write.
+                        await asyncio.sleep(self.batch_window)
                     # Stay on the pending entries until they are all written and acked.
                     retry_pending = failed or (retry_pending and got_any)
             except redis.exceptions.ResponseError as e:
-                if "NOGROUP" not in str(e):
-                    raise
-                log.warning("redis lost the consumer groups (restarted empty?); recreating them")
-                self.streams.clear()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+                if "NOGROUP" in str(e):
+                    log.warning("redis lost the consumer groups (restarted empty?); recreating")
+                    self.streams.clear()
+                    continue
+                log.warning("redis refused the status writer (%s); retry in %.1fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except redis.exceptions.RedisError as e:
                 log.warning(
                     "redis unavailable for the status writer (%s); retry in %.1fs", e, backoff
                 )
@@ -68,7 +78,7 @@ class StatusWriter:
                 backoff = min(backoff * 2, 5.0)
 
     async def _refresh_streams(self) -> None:
-        for ns, q in await self.broker.queues():
+        for ns, q in await self.inspector.queues():
             stream = keys.events(ns, q)
             if stream in self.streams:
                 continue
@@ -100,22 +110,17 @@ class StatusWriter:
                 await r.xgroup_delconsumer(stream, GROUP_NAME, name)
 
     async def _consume(self, *, pending: bool) -> tuple[bool, bool]:
-        """Read and apply one batch; returns (whether it read anything, whether a write failed)."""
+        """Read and apply one batch; returns (whether it read anything, whether a write failed).
+        One XREADGROUP per queue's stream, pipelined: one call over several streams would span
+        slots, which Redis Cluster refuses."""
         if not self.streams:
-            await asyncio.sleep(0.5)
             return False, False
         start = "0" if pending else ">"
-        ids: dict[Any, Any] = dict.fromkeys(self.streams, start)
-        r = self.broker.redis
-        got: Any = await r.xreadgroup(
-            GROUP_NAME, self.consumer, ids, count=self.batch, block=None if pending else 1000
-        )
-        got = [(stream, items) for stream, items in got or [] if items]
-        if not pending and got:
-            # Let a task's quick succession of changes coalesce into one write.
-            await asyncio.sleep(self.batch_window)
-            more = await r.xreadgroup(GROUP_NAME, self.consumer, ids, count=self.batch)
-            got = [*got, *(more or [])]
+        async with self.broker.redis.pipeline(transaction=False) as p:
+            for stream in self.streams:
+                p.xreadgroup(GROUP_NAME, self.consumer, {stream: start}, count=self.batch)
+            replies = await p.execute()
+        got = [(stream, items) for reply in replies for stream, items in reply or [] if items]
         if not got:
             return False, False
         return True, await self._apply(got)
@@ -123,8 +128,8 @@ class StatusWriter:
     async def _apply(self, got: Any) -> bool:
         """Write the status of every task seen in `got`; ack the entries of the tasks written.
         Returns whether any write failed (its entries stay pending, to be read again)."""
-        tasks: dict[tuple[str, str, str], list[str]] = {}  # task -> states seen, in order
-        entries: dict[tuple[str, str, str] | None, list[tuple[str, Any]]] = {}
+        tasks: dict[TaskRef, list[str]] = {}  # task -> states seen, in order
+        entries: dict[TaskRef | None, list[tuple[str, Any]]] = {}
         for stream, items in got:
             stream_key = stream.decode() if isinstance(stream, bytes) else stream
             ns, _, queue = self.streams[stream_key].partition("/")
@@ -132,7 +137,7 @@ class StatusWriter:
                 if not fields:  # trimmed from the stream while pending: nothing to write
                     entries.setdefault(None, []).append((stream_key, entry_id))
                     continue
-                ref = (ns, queue, fields[b"id"].decode())
+                ref = TaskRef(ns, queue, fields[b"id"].decode())
                 tasks.setdefault(ref, []).append(fields[b"state"].decode())
                 entries.setdefault(ref, []).append((stream_key, entry_id))
         refs = list(tasks)
@@ -145,7 +150,7 @@ class StatusWriter:
         if failed:
             log.warning("%d status writes failed; they will be retried: %s", len(failed), failed[0])
         written = [None, *(ref for ref, e in zip(refs, results, strict=True) if e is None)]
-        async with r_pipeline(self.broker) as p:
+        async with self.broker.redis.pipeline(transaction=False) as p:
             for key in written:
                 for stream_key, entry_id in entries.get(key, []):
                     p.xack(stream_key, GROUP_NAME, entry_id)
@@ -153,16 +158,16 @@ class StatusWriter:
             await p.execute()
         return bool(failed)
 
-    async def _write(
-        self, ref: tuple[str, str, str], info: TaskInfo | None, states: list[str]
-    ) -> None:
+    async def _write(self, ref: TaskRef, info: TaskInfo | None, states: list[str]) -> None:
         if info is None or not info.cr_name:
             return  # expired or not CR-backed
-        ns = ref[0]
+        ns = ref.namespace
         async with self.write_limit:
             try:
+                # The task id is the Task's UID: a late change of a deleted Task never lands on
+                # a new Task of the same name.
                 written = await self.kube.patch_status(
-                    "tasks", ns, info.cr_name, task_status(info, info.generation)
+                    "tasks", ns, info.cr_name, info.id, task_status(info, info.generation)
                 )
             except ApiException as e:
                 if e.status == 422:
@@ -183,7 +188,7 @@ class StatusWriter:
                     info.cr_name,
                     info.id,
                     "Warning",
-                    "Retrying",
+                    Reason.Retrying,
                     f"attempt {info.attempt} failed, retrying: {msg}",
                 )
             elif state == "dead":
@@ -196,7 +201,3 @@ class StatusWriter:
                     "DeadLettered",
                     f"{err.get('reason', 'Error')} after {info.attempt} attempt(s): {msg}",
                 )
-
-
-def r_pipeline(broker: Broker) -> Any:
-    return broker.redis.pipeline(transaction=False)

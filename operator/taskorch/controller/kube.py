@@ -35,9 +35,16 @@ class Kube:
         return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self, plural: str, namespace: str, name: str, uid: str, status: dict[str, Any]
     ) -> bool:
-        """Merge-patch the status subresource; False when the object is gone."""
+        """Replace the status subresource of the object `name` if it is still the one with
+        `uid`; False when it is gone or is a new object of the same name (a late change of a
+        deleted Task must not land on its successor). A JSON patch whose first operation tests
+        the UID is the precondition: a merge patch cannot carry one."""
+        body = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "add", "path": "/status", "value": status},
+        ]
         try:
             await self._run(
                 self.custom.patch_namespaced_custom_object_status,
@@ -46,10 +53,11 @@ class Kube:
                 namespace,
                 plural,
                 name,
-                {"status": status},
+                body,
+                _content_type="application/json-patch+json",
             )
         except ApiException as e:
-            if e.status == 404:
+            if e.status == 404 or (e.status == 422 and _failed_uid_test(e)):
                 return False
             raise
         STATUS_WRITES.labels(plural).inc()
@@ -126,3 +134,7 @@ class Kube:
                 ) from e
             raise
         raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")
+
+
+def _failed_uid_test(e: ApiException) -> bool:
+    return "/metadata/uid" in str(e.body or "") and "test" in str(e.body or "")

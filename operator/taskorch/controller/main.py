@@ -16,7 +16,9 @@ from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import warn_unless_noeviction
 from taskorch.settings import Settings
+from taskorch.supervise import run_supervised
 
 log = logging.getLogger("taskorch.operator")
 
@@ -50,6 +52,7 @@ def run_operator(
 
 async def _main(settings: Settings, namespaces: list[str], liveness: str | None) -> None:
     broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
+    await warn_unless_noeviction(broker.redis)
     kube = Kube()
     tracker = Tracker(
         broker,
@@ -59,20 +62,22 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
     )
     memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker)
     writer = StatusWriter(broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}")
-    background = [
-        asyncio.create_task(writer.run(), name="status-writer"),
-        asyncio.create_task(queue_metrics.run(broker), name="queue-metrics"),
-        asyncio.create_task(tracker.run(), name="tracker"),
-    ]
+    # Every loop the operator runs beside kopf, in one place: if one ends, the process stops
+    # (and its Deployment restarts it) rather than run on with status never written again.
+    loops = {
+        "status-writer": writer.run(),
+        "tracker": tracker.run(),
+        "queue-metrics": queue_metrics.run(broker),
+    }
     try:
-        await kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            memo=memo,
-            liveness_endpoint=liveness or None,
+        await run_supervised(
+            kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                memo=memo,
+                liveness_endpoint=liveness or None,
+            ),
+            loops,
         )
     finally:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
         await broker.close()

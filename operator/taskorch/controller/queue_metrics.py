@@ -13,6 +13,7 @@ import redis.exceptions
 from prometheus_client import Gauge
 
 from taskorch.queue.broker import Broker
+from taskorch.queue.inspect import Inspector
 
 log = logging.getLogger("taskorch.metrics")
 LABELS = ("namespace", "queue")
@@ -27,24 +28,25 @@ OLDEST_AGE = Gauge(
 UP = Gauge("taskorch_queue_metrics_up", "1 when the last read of the queues from Redis worked.")
 
 
-async def refresh(broker: Broker) -> None:
+async def refresh(inspector: Inspector) -> None:
     """One read of every queue into the gauges."""
-    for ns, queue in await broker.queues():
-        d = await broker.depth(ns, queue)
-        READY.labels(ns, queue).set(d["ready"])
-        ACTIVE.labels(ns, queue).set(d["active"])
-        DELAYED.labels(ns, queue).set(d["delayed"])
-        DEAD.labels(ns, queue).set(d["dead"])
-        PAUSED.labels(ns, queue).set(1 if d["paused"] else 0)
-        OLDEST_AGE.labels(ns, queue).set(d["oldest_ready_age_s"] or 0)
+    for q in await inspector.all_stats():
+        labels = (q.namespace, q.queue)
+        READY.labels(*labels).set(q.ready)
+        ACTIVE.labels(*labels).set(q.active)
+        DELAYED.labels(*labels).set(q.delayed)
+        DEAD.labels(*labels).set(q.dead)
+        PAUSED.labels(*labels).set(1 if q.paused else 0)
+        OLDEST_AGE.labels(*labels).set(q.oldest_ready_age_s or 0)
 
 
 async def run(broker: Broker, interval: float = 5.0) -> None:
+    inspector = Inspector(broker)
     while True:
         try:
-            await refresh(broker)
+            await refresh(inspector)
             UP.set(1)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            UP.set(0)
+        except redis.exceptions.RedisError as e:
+            UP.set(0)  # the gauges are stale: alert on this, not on frozen values
             log.debug("queue metrics unavailable: %s", e)
         await asyncio.sleep(interval)

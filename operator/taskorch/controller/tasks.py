@@ -12,33 +12,24 @@ import redis.exceptions
 from pydantic import ValidationError
 
 from taskorch.api.base import GROUP, VERSION, duration_seconds
-from taskorch.api.task import TaskPhase, TaskSpec, priority_level
+from taskorch.api.reasons import Reason
+from taskorch.api.task import TERMINAL_PHASES, TaskSpec, priority_level
 from taskorch.controller.kube import Kube
-from taskorch.controller.status import condition, epoch_seconds, failed_status
+from taskorch.controller.status import (
+    cancelled_status,
+    duplicate_status,
+    epoch_seconds,
+    failed_status,
+    pending_status,
+)
+from taskorch.errors import Refused, Waiting
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import TaskRequest, now_ms
+from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, now_ms
 
 log = logging.getLogger("taskorch.tasks")
-MAX_PAYLOAD_BYTES = 64 * 1024
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 RESOURCE = (GROUP, VERSION, "tasks")
-
-
-class Refused(Exception):
-    """A Task that can never be enqueued as written: it fails with this reason."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class Waiting(Exception):
-    """A Task that cannot be enqueued yet (a missing or unreadable payloadFrom source): it stays
-    Pending with this reason and is retried."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+TERMINAL = {p.value for p in TERMINAL_PHASES}
 
 
 async def build_request(
@@ -47,11 +38,11 @@ async def build_request(
     try:
         task = TaskSpec.model_validate(spec)
     except ValidationError as e:
-        raise Refused("InvalidSpec", str(e)) from e
+        raise Refused(Reason.InvalidSpec, str(e)) from e
     payload = task.payload
     for src in task.payload_from or []:
         if not isinstance(payload, dict | None):
-            raise Refused("InvalidSpec", "payloadFrom needs an object payload")
+            raise Refused(Reason.InvalidSpec, "payloadFrom needs an object payload")
         ref = src.secret_key_ref or src.config_map_key_ref
         kind = "secret" if src.secret_key_ref else "configmap"
         assert ref is not None
@@ -59,14 +50,14 @@ async def build_request(
             value = await kube.read_key(namespace, kind, ref.name, ref.key)
         except KeyError as e:
             # The Secret may be created after the Task: wait rather than fail.
-            raise Waiting("PayloadFromMissing", f"payloadFrom: {e.args[0]}") from e
+            raise Waiting(Reason.PayloadFromMissing, f"payloadFrom: {e.args[0]}") from e
         except PermissionError as e:
             # RBAC may be granted later (Helm value rbac.readSecrets): wait rather than fail.
-            raise Waiting("PayloadFromForbidden", f"payloadFrom: {e}") from e
+            raise Waiting(Reason.PayloadFromForbidden, f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
     size = len(json.dumps(payload))  # what goes into Redis, payloadFrom values included
     if size > MAX_PAYLOAD_BYTES:
-        raise Refused("PayloadTooLarge", f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
+        raise Refused(Reason.PayloadTooLarge, f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
     created = epoch_seconds(meta["creationTimestamp"])
     run_at = task.run_at.timestamp() if task.run_at else None
     if task.delay:
@@ -84,7 +75,43 @@ async def build_request(
         notify=True,
         cr_name=meta["name"],
         generation=int(meta.get("generation") or 1),
+        # Workers keep these values out of every error text that reaches the status.
+        redact=tuple(src.field for src in task.payload_from or []),
     )
+
+
+async def admit(
+    broker: Broker, kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+) -> dict[str, Any] | None:
+    """Enqueue the Task, or decide it never runs. Returns the status to write for a Task that
+    never reaches a worker (cancelled, refused, a duplicate), None once it is enqueued (the
+    status writer follows it from then on). Raises Waiting while a payloadFrom source is not
+    readable yet, and Redis errors: both are retried."""
+    generation = meta.get("generation")
+    if spec.get("cancel"):
+        return cancelled_status(generation, now_ms())
+    try:
+        request = await build_request(kube, spec, meta, namespace)
+    except Refused as e:
+        await kube.event("Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e))
+        return failed_status(e.reason, str(e), generation, now_ms())
+    queue = spec.get("queue", "default")
+    [task_id] = await broker.enqueue_many(namespace, queue, [request])
+    if task_id == request.id:
+        return None
+    # Another task holds the idempotencyKey: this one never runs, and says which task did.
+    holder_info = await broker.get(namespace, queue, task_id)
+    holder = (
+        f"Task {namespace}/{holder_info.cr_name}"
+        if holder_info and holder_info.cr_name
+        else f"task {task_id}"
+    )
+    status = duplicate_status(request.idempotency_key or "", task_id, holder, generation, now_ms())
+    message = status["conditions"][0]["message"]
+    await kube.event(
+        "Task", namespace, meta["name"], meta["uid"], "Normal", Reason.Duplicate, message
+    )
+    return status
 
 
 async def enqueue(
@@ -95,36 +122,22 @@ async def enqueue(
     patch: kopf.Patch,
     retry: int,
 ) -> None:
+    generation = meta.get("generation")
     try:
-        request = await build_request(memo.kube, spec, meta, namespace)
-    except Refused as e:
-        patch.status.update(failed_status(e.reason, str(e), meta.get("generation"), now_ms()))
-        await memo.kube.event(
-            "Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e)
-        )
-        return
+        status = await admit(memo.broker, memo.kube, spec, meta, namespace)
     except Waiting as e:
-        patch.status["phase"] = TaskPhase.Pending.value
-        patch.status["conditions"] = [
-            condition("Succeeded", "Unknown", e.reason, str(e), now_ms(), meta.get("generation"))
-        ]
+        patch.status.update(pending_status(e.reason, str(e), generation, now_ms()))
         raise kopf.TemporaryError(str(e), delay=min(5 * 2**retry, 60)) from e
-    try:
-        await memo.broker.enqueue_many(namespace, spec.get("queue", "default"), [request])
     except REDIS_ERRORS as e:
         # Nothing is lost: kopf retries with backoff; the condition tells the user why it waits.
-        patch.status["phase"] = TaskPhase.Pending.value
-        patch.status["conditions"] = [
-            condition(
-                "QueueUnavailable",
-                "True",
-                "RedisUnreachable",
-                str(e)[:300],
-                now_ms(),
-                meta.get("generation"),
-            ),
-        ]
+        patch.status.update(
+            pending_status(
+                Reason.RedisUnreachable, str(e)[:300], generation, now_ms(), "QueueUnavailable"
+            )
+        )
         raise kopf.TemporaryError(f"redis unreachable: {e}", delay=min(2**retry, 30)) from e
+    if status is not None:
+        patch.status.update(status)
 
 
 @kopf.on.create(*RESOURCE)
@@ -137,18 +150,15 @@ async def task_created(
     retry: int,
     **_: Any,
 ) -> None:
-    if spec.get("suspend"):
-        patch.status["phase"] = TaskPhase.Pending.value
-        patch.status["conditions"] = [
-            condition(
-                "Succeeded",
-                "Unknown",
-                "Suspended",
+    if spec.get("suspend") and not spec.get("cancel"):
+        patch.status.update(
+            pending_status(
+                Reason.Suspended,
                 "held until spec.suspend is false",
-                now_ms(),
                 meta.get("generation"),
-            ),
-        ]
+                now_ms(),
+            )
+        )
         return
     await enqueue(memo, dict(spec), dict(meta), str(namespace), patch, retry)
 
@@ -168,16 +178,24 @@ async def task_released(
 
 @kopf.on.field(*RESOURCE, field="spec.cancel", new=True)
 async def task_cancelled(
-    spec: kopf.Spec, meta: kopf.Meta, namespace: str | None, memo: kopf.Memo, **_: Any
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    namespace: str | None,
+    memo: kopf.Memo,
+    patch: kopf.Patch,
+    **_: Any,
 ) -> None:
-    queue = spec.get("queue", "default")
+    generation = meta.get("generation")
     try:
-        await memo.broker.redis.hset(
-            f"taskorch:{{{namespace}/{queue}}}:t:{meta['uid']}", "gen", meta.get("generation") or 1
+        state = await memo.broker.cancel(
+            namespace, spec.get("queue", "default"), meta["uid"], generation
         )
-        await memo.broker.cancel(namespace, queue, meta["uid"])
     except REDIS_ERRORS as e:
         raise kopf.TemporaryError(f"redis unreachable: {e}", delay=5) from e
+    if state is None and status.get("phase") not in TERMINAL:
+        # Never reached the queue (suspended, or Pending on payloadFrom): it ends here.
+        patch.status.update(cancelled_status(generation, now_ms()))
 
 
 @kopf.on.event(*RESOURCE)
@@ -201,8 +219,9 @@ async def reenqueue(
 ) -> None:
     """Enqueue a Task again (the tracker's repair when Redis lost it); idempotent by UID."""
     try:
-        request = await build_request(kube, spec, meta, namespace)
-    except (Refused, Waiting) as e:
-        log.warning("cannot enqueue %s/%s again: %s", namespace, meta.get("name"), e)
+        status = await admit(broker, kube, spec, meta, namespace)
+    except Waiting as e:
+        log.warning("cannot enqueue %s/%s again yet: %s", namespace, meta.get("name"), e)
         return
-    await broker.enqueue_many(namespace, spec.get("queue", "default"), [request])
+    if status is not None:
+        await kube.patch_status("tasks", namespace, meta["name"], meta["uid"], status)

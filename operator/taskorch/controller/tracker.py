@@ -61,6 +61,9 @@ class Tracker:
             self._cancel_expiry(uid)
             return
         phase = status.get("phase")
+        if phase not in TERMINAL:
+            # Back from terminal (requeued from the DLQ): its TTL no longer runs.
+            self._cancel_expiry(uid)
         if phase in TERMINAL:
             self.in_flight.pop(uid, None)
             ttl = spec.get("ttlSecondsAfterFinished")
@@ -85,9 +88,25 @@ class Tracker:
             task.cancel()
 
     async def _expire(self, namespace: str, name: str, uid: str, expires: float) -> None:
+        """Delete the Task at `expires`, retrying with backoff until the API server takes it (a
+        Task of the same name but another UID is not ours: the delete's precondition)."""
         try:
             await asyncio.sleep(max(0.0, expires - time.time()))
-            await self.kube.delete("tasks", namespace, name, uid=uid)
+            backoff = 1.0
+            while True:
+                try:
+                    await self.kube.delete("tasks", namespace, name, uid=uid)
+                    return
+                except Exception as e:
+                    log.warning(
+                        "TTL deletion of %s/%s failed (%s); retry in %.0fs",
+                        namespace,
+                        name,
+                        e,
+                        backoff,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
         finally:
             self.expiries.pop(uid, None)
 
@@ -117,4 +136,4 @@ class Tracker:
             return
         fresh = task_status(info, info.generation)
         if fresh["phase"] != task.phase or fresh["attempts"] != task.attempts:
-            await self.kube.patch_status("tasks", task.namespace, task.name, fresh)
+            await self.kube.patch_status("tasks", task.namespace, task.name, uid, fresh)

@@ -1,12 +1,28 @@
-"""Redis key names. Every key of one (namespace, queue) shares the hash tag `{ns/queue}`, so each
-script touches one slot and the model runs unchanged on Redis Cluster."""
+"""Every Redis key name, in one place. Its twin is the `key` table of `lua/common.lua`, and
+tests/with_redis/test_keys.py holds the two together.
+
+Every key of one (namespace, queue) shares the hash tag `{ns/queue}`, so each script touches one
+slot and the model runs unchanged on Redis Cluster.
+"""
 
 from __future__ import annotations
 
 ROOT = "taskorch"
 # Every (namespace, queue) that has ever been enqueued to, so the operator and the CLI can find
-# the streams and queues without a SCAN.
+# the streams and queues without a SCAN. Outside every queue's slot: never written by a script.
 QUEUES = f"{ROOT}:queues"
+
+# The per-queue keys without a parameter; each is also a function below.
+FIXED = (
+    "delayed",  # sorted set: id by due time (runAt, retry backoff, hand-back)
+    "active",  # sorted set: id by lease deadline
+    "dead",  # sorted set: id by dead-letter time (the DLQ)
+    "marker",  # list: wake-ups for blocked workers
+    "events",  # stream: state changes of CR-backed tasks, for the operator's status writer
+    "stats",  # hash: counters
+    "paused",  # string: present while the queue is paused
+    "registered",  # string: present once the queue is in QUEUES
+)
 
 
 def prefix(namespace: str, queue: str) -> str:
@@ -17,15 +33,51 @@ def task(namespace: str, queue: str, task_id: str) -> str:
     return f"{prefix(namespace, queue)}t:{task_id}"
 
 
-def events(namespace: str, queue: str) -> str:
-    return f"{prefix(namespace, queue)}events"
+def ready(namespace: str, queue: str, priority: int) -> str:
+    return f"{prefix(namespace, queue)}ready:{priority}"
+
+
+def unique(namespace: str, queue: str, idempotency_key: str) -> str:
+    return f"{prefix(namespace, queue)}u:{idempotency_key}"
+
+
+def delayed(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}delayed"
+
+
+def active(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}active"
+
+
+def dead(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}dead"
 
 
 def marker(namespace: str, queue: str) -> str:
     return f"{prefix(namespace, queue)}marker"
 
 
+def events(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}events"
+
+
+def stats(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}stats"
+
+
+def paused(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}paused"
+
+
+def registered(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}registered"
+
+
+def queue_ref(namespace: str, queue: str) -> str:
+    """`ns/queue`, as stored in QUEUES."""
+    return f"{namespace}/{queue}"
+
+
 def split_queue_ref(ref: str) -> tuple[str, str]:
-    """`ns/queue` as stored in QUEUES."""
     namespace, _, queue = ref.partition("/")
     return namespace, queue

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 DEFAULT_PRIORITY = 5
+MAX_PAYLOAD_BYTES = 64 * 1024  # a task's payload as JSON, from a CR or the SDK alike
 
 
 class State(StrEnum):
@@ -31,15 +33,32 @@ class Outcome(StrEnum):
     retry = "retry"
     dead = "dead"
     cancelled = "cancelled"
-    release = "release"
+    release = "release"  # handed back unfinished by a draining worker
+    handback = "handback"  # refused by a worker without the handler: not an attempt
+
+
+class TaskRef(NamedTuple):
+    """Where a task lives: its namespace, queue and id."""
+
+    namespace: str
+    queue: str
+    id: str
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
+    """Compact JSON that Redis's cjson always accepts: a lone surrogate (an `os.fsdecode` of a
+    non-UTF-8 file name in an error message) becomes U+FFFD instead of a `\\udcXX` escape that
+    cjson refuses, which would abort a whole settlement batch."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+    # isascii() is O(1) on CPython: the common case pays nothing.
+    return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +73,13 @@ class TaskRequest:
     retry: dict[str, Any] | None = None
     timeout: float | None = None
     run_at: float | None = None  # epoch seconds
+    delay: float | None = None  # seconds from now on Redis's clock
     deadline: float | None = None  # epoch seconds
     idempotency_key: str | None = None
     notify: bool = False  # write state changes to the events stream (CR-backed tasks)
     cr_name: str = ""
     generation: int = 0  # the CR's metadata.generation, echoed as status.observedGeneration
+    redact: tuple[str, ...] = ()  # payload fields (from Secrets) kept out of every error text
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +90,12 @@ class Settlement:
     fence: str
     outcome: Outcome
     data: str = ""  # result JSON for ok, error JSON otherwise
-    retry_due_ms: int = 0
+    delay_ms: int = 0  # the retry's backoff, counted on Redis's clock
     history: dict[str, Any] | None = None
 
     def argv(self) -> list[str | int]:
         hist = dumps(self.history) if self.history else ""
-        return [self.id, self.fence, self.outcome.value, self.data, self.retry_due_ms, hist]
+        return [self.id, self.fence, self.outcome.value, self.data, self.delay_ms, hist]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +111,7 @@ class Claimed:
     payload: str
     policy: dict[str, Any] | None
     timeout: float | None
+    redact: tuple[str, ...] = ()
 
 
 class ClaimResult(NamedTuple):
@@ -97,7 +119,7 @@ class ClaimResult(NamedTuple):
 
     rejected: list[str]  # settlements the fence refused (a zombie's)
     claimed: list[Claimed]
-    next_due_ms: int | None  # when the next delayed task falls due
+    next_due_in_ms: int | None  # how long until the next delayed task falls due
 
 
 @dataclass(slots=True)

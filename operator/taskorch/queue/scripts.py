@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 from importlib.resources import files
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-NAMES = ("enqueue", "settle_claim", "extend", "cancel", "requeue")
+NAMES = ("enqueue", "settle_claim", "extend", "cancel", "requeue", "purge")
 
 
 @cache
@@ -20,9 +20,10 @@ def source(name: str) -> str:
 class Scripts:
     """Registered scripts for one client; EVALSHA with a transparent reload on NOSCRIPT."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: Any) -> None:
         self.enqueue: AsyncScript = client.register_script(source("enqueue"))
         self.settle_claim: AsyncScript = client.register_script(source("settle_claim"))
         self.extend: AsyncScript = client.register_script(source("extend"))
         self.cancel: AsyncScript = client.register_script(source("cancel"))
         self.requeue: AsyncScript = client.register_script(source("requeue"))
+        self.purge: AsyncScript = client.register_script(source("purge"))

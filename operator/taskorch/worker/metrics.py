@@ -14,3 +14,12 @@ DURATION = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 IN_FLIGHT = Gauge("taskorch_worker_in_flight", "Attempts running now.")
+REFUSED = Counter(
+    "taskorch_worker_tasks_handed_back",
+    "Tasks handed back because this worker has no handler for their type.",
+    LABELS,
+)
+HUNG_THREADS = Gauge(
+    "taskorch_worker_hung_threads",
+    "Threads still running sync handlers whose attempt timed out or was cancelled.",
+)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from taskorch.api.base import duration_seconds
+from taskorch.api.task import RetryPolicy
+from taskorch.errors import NonRetryable
+
+# 2**64 × any sane initial delay is past every maxDelay; a larger exponent would overflow a float.
+MAX_EXPONENT = 64
 
 
 @dataclass(frozen=True)
@@ -23,15 +28,17 @@ class Retry:
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Retry:
-        """From the CRD's camelCase retry object (as stored with the task)."""
+        """From the CRD's camelCase retry object (as stored with the task), validated by the
+        same model as the CRD; raises pydantic's ValidationError on a bad one."""
+        p = RetryPolicy.model_validate(spec)
         return cls(
-            max_attempts=int(spec.get("maxAttempts", 3)),
-            backoff=str(spec.get("backoff", "exponential")),
-            initial_delay=duration_seconds(spec.get("initialDelay", "1s")),
-            max_delay=duration_seconds(spec.get("maxDelay", "5m")),
-            jitter=bool(spec.get("jitter", True)),
-            on=tuple(spec.get("retryOn") or ()),
-            not_on=tuple(spec.get("noRetryOn") or ()),
+            max_attempts=p.max_attempts,
+            backoff=p.backoff.value,
+            initial_delay=duration_seconds(p.initial_delay),
+            max_delay=duration_seconds(p.max_delay),
+            jitter=p.jitter,
+            on=tuple(p.retry_on or ()),
+            not_on=tuple(p.no_retry_on or ()),
         )
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
@@ -42,7 +49,7 @@ class Retry:
         elif self.backoff == "linear":
             raw = self.initial_delay * n
         else:
-            raw = self.initial_delay * 2 ** (n - 1)
+            raw = self.initial_delay * 2.0 ** min(n - 1, MAX_EXPONENT)
         capped = min(raw, self.max_delay)
         return (rng or random).uniform(0, capped) if self.jitter else capped
 
@@ -67,14 +74,4 @@ def _matches(error: BaseException, classes: tuple[type[BaseException] | str, ...
 
 DEFAULT_RETRY = Retry()
 
-
-@dataclass
-class NonRetryable(Exception):
-    """Raise from a handler (or raised by the runtime) to dead-letter the task at once."""
-
-    reason: str
-    message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.message}" if self.message else self.reason
+__all__ = ["DEFAULT_RETRY", "NonRetryable", "Retry"]

@@ -1,8 +1,10 @@
 """The worker process: claim, run, settle, heartbeat, drain.
 
 One loop per process fuses settlement of finished attempts with the next claim (one Redis round
-trip); a watcher blocks on the queues' wake-up markers only while there is free capacity, so an
-idle worker picks new work without a polling delay and a busy one never steals a wake-up.
+trip per queue); a watcher per queue blocks on its wake-up marker only while there is free
+capacity, so an idle worker picks new work without a polling delay and a busy one never steals
+a wake-up. The heartbeat and the watchers are supervised: if one ends, the worker stops with an
+error rather than run tasks whose leases it can no longer renew.
 """
 
 from __future__ import annotations
@@ -13,29 +15,34 @@ import functools
 import json
 import logging
 import os
+import random
 import socket
 import time
-import traceback
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.exceptions
 from pydantic import ValidationError
 
+from taskorch.api.reasons import Reason
+from taskorch.errors import LeasesLost, NonRetryable
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import Claimed, Outcome, Settlement, dumps, now_ms
+from taskorch.queue.model import Claimed, Outcome, Settlement, dumps
+from taskorch.supervise import run_supervised
 from taskorch.worker import metrics
 from taskorch.worker.app import App, Context, Handler
-from taskorch.worker.retry import DEFAULT_RETRY, NonRetryable, Retry
+from taskorch.worker.failure import error_record, secret_values
+from taskorch.worker.queues import QueueSet
+from taskorch.worker.retry import DEFAULT_RETRY, Retry
+from taskorch.worker.threads import HandlerThreads
 
 log = logging.getLogger("taskorch.worker")
 MAX_RESULT_BYTES = 512 * 1024
-TRACEBACK_TAIL = 2000
+MAX_PROGRESS_BYTES = 16 * 1024
 IDLE_WAKE_SECONDS = 1.0
+HISTORY_ERROR_CAP = 300
 
 
 def worker_name() -> str:
@@ -48,17 +55,6 @@ class Running:
     queue: str
     task: asyncio.Task[Settlement | None] | None = None
     stop_reason: str | None = None  # "cancel" (user), "lost" (lease gone), "release" (drain)
-    started_ms: int = field(default_factory=now_ms)
-
-
-def _error(exc: BaseException, reason: str) -> dict[str, Any]:
-    tb = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc)[:1024],
-        "reason": reason,
-        "traceback": tb,
-    }
 
 
 class Worker:
@@ -68,7 +64,7 @@ class Worker:
         broker: Broker,
         *,
         namespace: str,
-        queues: Sequence[str],
+        queues: QueueSet | str,
         concurrency: int = 16,
         name: str | None = None,
         lease_seconds: float | None = None,
@@ -77,7 +73,8 @@ class Worker:
         self.app = app
         self.broker = broker
         self.namespace = namespace
-        self.queues = list(queues)
+        self.queue_set = queues if isinstance(queues, QueueSet) else QueueSet.parse(queues)
+        self.queues = list(self.queue_set.names)
         self.concurrency = concurrency
         self.name = name or worker_name()
         self.lease = lease_seconds or broker.settings.lease_seconds
@@ -85,12 +82,14 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.pending: dict[str, list[Settlement]] = {q: [] for q in self.queues}
         self.progress: dict[str, dict[str, str]] = {q: {} for q in self.queues}
-        self.next_due_ms: dict[str, int | None] = {}  # per queue, from the last settle_claim
+        self.next_due_at: dict[str, float] = {}  # per queue: monotonic time a delayed task is due
         self.wake = asyncio.Event()
         self.has_capacity = asyncio.Event()
         self.draining = False
         self._drain_started = 0.0
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="handler")
+        self.threads = HandlerThreads(concurrency, on_release=self._capacity_changed)
+        self.refused_types: set[str] = set()
+        self.rng = random.Random()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -103,19 +102,20 @@ class Worker:
             self.wake.set()
 
     async def run(self) -> None:
-        helpers = [
-            asyncio.create_task(self._heartbeat(), name="heartbeat"),
-            asyncio.create_task(self._watch_markers(), name="markers"),
-        ]
-        log.info("worker %s serving %s/%s", self.name, self.namespace, ",".join(self.queues))
+        """Serve until drained. Raises LoopEnded (the process must exit non-zero) when the
+        heartbeat or a wake-up watcher ends, e.g. because leases could not be renewed."""
+        log.info("worker %s serving %s/%s", self.name, self.namespace, self.queue_set)
+        loops = {"heartbeat": self._heartbeat()}
+        loops.update({f"wake-ups of {q}": self._watch_marker(q) for q in self.queues})
         try:
-            await self._loop()
-            await self._finish_drain()
+            await run_supervised(self._serve(), loops)
         finally:
-            for h in helpers:
-                h.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._stop_all("lost")  # stopped by a failed loop: others own these tasks now
+            self.threads.shutdown()
+
+    async def _serve(self) -> None:
+        await self._loop()
+        await self._finish_drain()
 
     async def _loop(self) -> None:
         backoff = 0.1
@@ -124,7 +124,9 @@ class Worker:
             try:
                 worked = await self._settle_and_claim()
                 backoff = 0.1
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
+            except redis.exceptions.RedisError as e:
+                # Unreachable, or refusing writes (OOM, READONLY after a failover): nothing is
+                # lost, settlements stay pending; retry with backoff.
                 log.warning("redis unavailable (%s); retrying in %.1fs", e, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -136,69 +138,151 @@ class Worker:
             if self.draining and self.running and self._drain_deadline_passed():
                 self._stop_all("release")
 
+    def free_capacity(self) -> int:
+        """Slots to claim into: hung sync-handler threads still hold theirs."""
+        if self.draining:
+            return 0
+        return max(0, self.concurrency - len(self.running) - self.threads.hung)
+
     async def _settle_and_claim(self, *, claim: bool = True) -> bool:
-        worked = False
-        for queue in self.queues:
-            settlements, self.pending[queue] = self.pending[queue], []
-            free = 0 if (self.draining or not claim) else self.concurrency - len(self.running)
-            if not settlements and free <= 0:
-                continue
-            try:
-                rejected, claimed, self.next_due_ms[queue] = await self.broker.settle_claim(
-                    self.namespace, queue, self.name, settlements, free, self.lease
-                )
-            except BaseException:
+        """One round: settle every queue's finished attempts and share the free capacity among
+        the queues (strict order or weights, see worker/queues.py)."""
+        free = self.free_capacity() if claim else 0
+        remaining = free
+        asked_fully: list[str] = []  # queues that gave all they were asked for: maybe more
+        for queue in self.queue_set.order(self.rng):
+            want = min(remaining, self.queue_set.share(queue, free))
+            got = await self._settle_and_claim_queue(queue, want)
+            remaining -= got
+            if want and got == want:
+                asked_fully.append(queue)
+        if self.queue_set.weights is not None:
+            # Capacity a queue could not use goes to the others that still have work.
+            for queue in asked_fully:
+                if remaining <= 0:
+                    break
+                remaining -= await self._settle_and_claim_queue(queue, remaining)
+        self._capacity_changed()
+        return remaining < free
+
+    async def _settle_and_claim_queue(self, queue: str, n: int) -> int:
+        settlements, self.pending[queue] = self.pending[queue], []
+        if not settlements and n <= 0:
+            return 0
+        try:
+            result = await self.broker.settle_claim(
+                self.namespace, queue, self.name, settlements, n, self.lease
+            )
+        except redis.exceptions.ResponseError as e:
+            if not settlements or _is_transient(e):
                 self.pending[queue] = settlements + self.pending[queue]
                 raise
-            if rejected:
-                log.warning("stale settlements rejected by fence: %s", rejected)
-            for c in claimed:
-                self._start(c, queue)
-            worked = worked or bool(claimed)
-        self._update_capacity()
-        return worked
+            # A script error for one task must not take the worker, nor the other settlements
+            # of the batch, with it.
+            log.error("the queue refused a batch of %d settlements: %s", len(settlements), e)
+            await self._settle_one_by_one(queue, settlements)
+            return 0
+        except BaseException:
+            self.pending[queue] = settlements + self.pending[queue]
+            raise
+        if result.rejected:
+            log.warning("stale settlements rejected by fence: %s", result.rejected)
+        for c in result.claimed:
+            self._start(c, queue)
+        if result.next_due_in_ms is None:
+            self.next_due_at.pop(queue, None)
+        else:
+            self.next_due_at[queue] = time.monotonic() + result.next_due_in_ms / 1000
+        return len(result.claimed)
+
+    async def _settle_one_by_one(self, queue: str, settlements: list[Settlement]) -> None:
+        for st in settlements:
+            try:
+                await self.broker.settle_claim(self.namespace, queue, self.name, [st], 0)
+                continue
+            except redis.exceptions.ResponseError as e:
+                if _is_transient(e):
+                    self.pending[queue].append(st)
+                    continue
+                error = e
+            log.error("settlement of %s refused by the queue (%s): dead-lettering it", st.id, error)
+            refused = dumps(
+                {
+                    "type": "SettlementRefused",
+                    "reason": Reason.SettlementRefused,
+                    "message": f"the queue refused this attempt's {st.outcome} settlement: "
+                    f"{str(error)[:300]}",
+                }
+            )
+            fallback = Settlement(st.id, st.fence, Outcome.dead, refused)
+            try:
+                await self.broker.settle_claim(self.namespace, queue, self.name, [fallback], 0)
+            except redis.exceptions.ResponseError as again:
+                # Left to its lease: the reaper recovers it, and dead-letters it past the limit.
+                log.error(
+                    "could not dead-letter %s either (%s); its lease will expire", st.id, again
+                )
 
     def _idle_timeout(self) -> float:
         """Sleep until the next delayed task falls due (retry backoff, runAt), as the last
         settle_claim reported it, at most a second. Without free capacity a due task could not
         be claimed anyway: a finishing attempt wakes the loop."""
-        dues = [d for d in self.next_due_ms.values() if d is not None]
-        if not dues or self.draining or len(self.running) >= self.concurrency:
+        if not self.next_due_at or self.free_capacity() <= 0:
             return IDLE_WAKE_SECONDS
-        return min(IDLE_WAKE_SECONDS, max(0.0, (min(dues) - now_ms()) / 1000))
+        return min(IDLE_WAKE_SECONDS, max(0.0, min(self.next_due_at.values()) - time.monotonic()))
 
     def _drain_deadline_passed(self) -> bool:
         return time.monotonic() >= self._drain_started + self.grace
 
     async def _finish_drain(self) -> None:
-        await self._settle_and_claim(claim=False)
+        try:
+            await self._settle_and_claim(claim=False)
+        except redis.exceptions.RedisError as e:
+            log.warning("could not settle the last attempts (%s); their leases will expire", e)
 
-    def _update_capacity(self) -> None:
+    def _capacity_changed(self) -> None:
         metrics.IN_FLIGHT.set(len(self.running))
-        if not self.draining and len(self.running) < self.concurrency:
+        if self.free_capacity() > 0:
             self.has_capacity.set()
         else:
             self.has_capacity.clear()
+        self.wake.set()
 
-    # -- background helpers --------------------------------------------------------------------
+    # -- background loops ----------------------------------------------------------------------
 
-    async def _watch_markers(self) -> None:
-        markers = [keys.marker(self.namespace, q) for q in self.queues]
+    async def _watch_marker(self, queue: str) -> None:
+        """One blocking pop per queue: a BLPOP over several queues' markers would span slots,
+        which Redis Cluster refuses."""
+        marker = keys.marker(self.namespace, queue)
         while True:
             await self.has_capacity.wait()
             try:
-                if await self.broker.redis.blpop(markers, timeout=IDLE_WAKE_SECONDS):
+                if await self.broker.redis.blpop([marker], timeout=IDLE_WAKE_SECONDS):
                     self.wake.set()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            except redis.exceptions.RedisError as e:
+                log.debug("waiting for wake-ups of %s failed: %s", queue, e)
                 await asyncio.sleep(1.0)
 
     async def _heartbeat(self) -> None:
+        """Renew the leases of running attempts every third of a lease. While Redis refuses, keep
+        trying; once the leases have expired, other workers may run those tasks, so stop
+        (LeasesLost) instead of running them twice."""
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 await self._renew_leases()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-                log.warning("heartbeat failed: %s", e)
+                renewed = time.monotonic()
+            except redis.exceptions.RedisError as e:
+                silent = time.monotonic() - renewed
+                if self.running and silent >= self.lease:
+                    raise LeasesLost(
+                        f"could not renew leases for {silent:.1f}s, longer than a lease "
+                        f"({self.lease}s); last error: {e}"
+                    ) from e
+                log.warning("heartbeat failed (%s); leases expire in %.1fs", e, self.lease - silent)
+            if not self.running:
+                renewed = time.monotonic()
 
     async def _renew_leases(self) -> None:
         for queue in self.queues:
@@ -210,7 +294,11 @@ class Worker:
             ]
             if not leases:
                 continue
-            lost, cancels = await self.broker.extend(self.namespace, queue, leases, self.lease)
+            try:
+                lost, cancels = await self.broker.extend(self.namespace, queue, leases, self.lease)
+            except BaseException:
+                self.progress[queue] = {**progress, **self.progress[queue]}
+                raise
             for task_id in lost:
                 self._stop(task_id, "lost")
             for task_id in cancels:
@@ -239,44 +327,47 @@ class Worker:
         settlement = None if task.cancelled() else task.result()
         if settlement is not None:
             self.pending[r.queue].append(settlement)
-        self._update_capacity()
-        self.wake.set()
+        self._capacity_changed()
 
     def _report_progress(self, queue: str, task_id: str, value: Any) -> None:
-        self.progress[queue][task_id] = dumps(value)
+        data = dumps(value)
+        if len(data) > MAX_PROGRESS_BYTES:
+            raise ValueError(f"progress is {len(data)} bytes as JSON, over {MAX_PROGRESS_BYTES}")
+        self.progress[queue][task_id] = data
 
     async def _attempt(self, r: Running) -> Settlement | None:
         c = r.claimed
         labels = (r.queue, c.type)
         handler = self.app.handlers.get(c.type)
+        raw_payload: Any = None
+        secrets: list[str] = []
 
         def settle(
-            outcome: Outcome, data: str, label: str, err: str | None = None, due: int = 0
+            outcome: Outcome, data: str, label: str, err: str | None = None, delay_ms: int = 0
         ) -> Settlement:
-            history = {
-                "attempt": c.attempt,
-                "worker": self.name,
-                "startTime": r.started_ms,
-                "finishTime": now_ms(),
-                "outcome": label,
-            }
-            if err:
-                history["error"] = err[:300]
-            return Settlement(c.id, c.fence, outcome, data, due, history)
+            return _settlement(c, self.name, outcome, data, label, err, delay_ms)
+
+        def failed(exc: BaseException, reason: str) -> tuple[str, str]:
+            record = error_record(exc, reason, secrets)
+            return dumps(record), f"{record['type']}: {record['message']}"
 
         def dead(exc: BaseException, reason: str) -> Settlement:
             metrics.DEAD.labels(*labels).inc()
-            return settle(Outcome.dead, dumps(_error(exc, reason)), "Failed", f"{reason}: {exc}")
+            data, short = failed(exc, reason)
+            return settle(Outcome.dead, data, "Failed", f"{reason}: {short}")
 
         if handler is None:
-            err = LookupError(
-                f"no handler registered for task type {c.type!r} on worker {self.name}"
-            )
-            return dead(err, "UnknownTaskType")
+            return self._hand_back(c, r.queue)
         try:
-            payload = handler.parse_payload(json.loads(c.payload) if c.payload else None)
-        except ValidationError as e:
-            return dead(e, "InvalidPayload")
+            raw_payload = json.loads(c.payload) if c.payload else None
+            secrets = secret_values(raw_payload, c.redact)
+            payload = handler.parse_payload(raw_payload)
+        except (ValidationError, ValueError) as e:
+            return dead(e, Reason.InvalidPayload)
+        try:
+            policy = Retry.from_spec(c.policy) if c.policy else handler.retry or DEFAULT_RETRY
+        except (ValidationError, ValueError, TypeError) as e:
+            return dead(e, Reason.InvalidRetryPolicy)
         ctx = Context(
             task_id=c.id,
             type=c.type,
@@ -286,7 +377,6 @@ class Worker:
             worker=self.name,
             progress_reporter=functools.partial(self._report_progress, r.queue),
         )
-        policy = Retry.from_spec(c.policy) if c.policy else handler.retry or DEFAULT_RETRY
         started = time.perf_counter()
         try:
             result = await self._call(handler, ctx, payload, c.timeout or handler.timeout)
@@ -299,36 +389,47 @@ class Worker:
         except Exception as e:
             metrics.FAILED.labels(*labels).inc()
             metrics.DURATION.labels(*labels).observe(time.perf_counter() - started)
-            outcome = "TimedOut" if isinstance(e, TimeoutError) else "Failed"
-            failures = c.failures + 1
-            max_attempts = c.max_attempts or policy.max_attempts
             if isinstance(e, NonRetryable):
                 return dead(e, e.reason)
             if not policy.retries(e):
-                return dead(e, "NonRetryableError")
-            if failures >= max_attempts:
-                return dead(e, "MaxAttemptsExceeded")
+                return dead(e, Reason.NonRetryableError)
+            if c.failures + 1 >= (c.max_attempts or policy.max_attempts):
+                return dead(e, Reason.MaxAttemptsExceeded)
             metrics.RETRIED.labels(*labels).inc()
-            due = now_ms() + int(policy.delay(failures) * 1000)
-            return settle(
-                Outcome.retry,
-                dumps(_error(e, "HandlerError")),
-                outcome,
-                f"{type(e).__name__}: {e}",
-                due,
-            )
+            data, short = failed(e, Reason.HandlerError)
+            label = "TimedOut" if isinstance(e, TimeoutError) else "Failed"
+            delay_ms = int(policy.delay(c.failures + 1) * 1000)
+            return settle(Outcome.retry, data, label, short, delay_ms)
         metrics.DURATION.labels(*labels).observe(time.perf_counter() - started)
         try:
             data = dumps(result)
         except (TypeError, ValueError) as e:
-            return dead(e, "ResultNotSerializable")
+            return dead(e, Reason.ResultNotSerializable)
         if len(data) > MAX_RESULT_BYTES:
-            return dead(
-                ValueError(f"result is {len(data)} bytes, over {MAX_RESULT_BYTES}"),
-                "ResultTooLarge",
-            )
+            too_large = ValueError(f"result is {len(data)} bytes, over {MAX_RESULT_BYTES}")
+            return dead(too_large, Reason.ResultTooLarge)
         metrics.PROCESSED.labels(*labels).inc()
         return settle(Outcome.ok, data, "Succeeded")
+
+    def _hand_back(self, c: Claimed, queue: str) -> Settlement:
+        """No handler for the type here: hand the task back for a worker that has one (a rolling
+        upgrade, two apps on one queue); the queue dead-letters it as UnknownTaskType after
+        `handback_limit` hand-backs."""
+        metrics.REFUSED.labels(queue, c.type).inc()
+        if c.type not in self.refused_types:
+            self.refused_types.add(c.type)
+            log.warning(
+                "no handler for task type %r (queue %s): handing such tasks back; this worker "
+                "has %s",
+                c.type,
+                queue,
+                sorted(self.app.handlers),
+            )
+        message = f"no handler registered for task type {c.type!r} on worker {self.name}"
+        data = dumps(
+            {"type": "UnknownTaskType", "reason": Reason.UnknownTaskType, "message": message}
+        )
+        return _settlement(c, self.name, Outcome.handback, data, "Refused", message)
 
     async def _call(
         self, handler: Handler, ctx: Context, payload: Any, timeout: float | None
@@ -336,7 +437,28 @@ class Worker:
         args = (ctx, payload) if handler.takes_payload else (ctx,)
         if handler.is_async:
             return await asyncio.wait_for(handler.func(*args), timeout)
-        loop = asyncio.get_running_loop()
-        call = functools.partial(handler.func, *args)
-        # A sync handler's thread cannot be interrupted: on timeout its result is discarded.
-        return await asyncio.wait_for(loop.run_in_executor(self.pool, call), timeout)
+        return await self.threads.call(functools.partial(handler.func, *args), timeout)
+
+
+def _settlement(
+    c: Claimed,
+    worker: str,
+    outcome: Outcome,
+    data: str,
+    label: str,
+    err: str | None = None,
+    delay_ms: int = 0,
+) -> Settlement:
+    """An attempt's settlement with its history entry (the queue adds the times, from Redis)."""
+    history: dict[str, Any] = {"attempt": c.attempt, "worker": worker, "outcome": label}
+    if err:
+        history["error"] = err[:HISTORY_ERROR_CAP]
+    return Settlement(c.id, c.fence, outcome, data, delay_ms, history)
+
+
+def _is_transient(e: redis.exceptions.ResponseError) -> bool:
+    """Errors of the server's state, not of a task: retried as a whole, never dead-lettered."""
+    text = str(e)
+    return text.startswith(("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOSCRIPT")) or (
+        "CLUSTERDOWN" in text or "TRYAGAIN" in text
+    )

@@ -1,59 +1,150 @@
 -- Shared helpers, prepended to every script. KEYS[1] is the queue's key prefix,
 -- "taskorch:{<namespace>/<queue>}:"; its hash tag keeps every key of a queue in one slot.
 local prefix = KEYS[1]
-local function k(name) return prefix .. name end
-local function tkey(id) return prefix .. 't:' .. id end
+
+-- Every key of the queue: the twin of queue/keys.py (tests/with_redis/test_keys.py holds them together).
+local key = {
+  delayed = prefix .. 'delayed',
+  active = prefix .. 'active',
+  dead = prefix .. 'dead',
+  marker = prefix .. 'marker',
+  events = prefix .. 'events',
+  stats = prefix .. 'stats',
+  paused = prefix .. 'paused',
+  registered = prefix .. 'registered',
+}
+function key.task(id) return prefix .. 't:' .. id end
+function key.ready(p) return prefix .. 'ready:' .. p end
+function key.unique(ukey) return prefix .. 'u:' .. ukey end
+
 local EVENTS_MAXLEN = 100000
+local HISTORY = 10
+
+-- Redis's clock, never the caller's: a worker whose clock runs fast must not take live leases.
+-- (Redis 7 replicates a script by its effects, so TIME is allowed before writes.)
+local now = (function()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end)()
+
+-- The queue's limits, passed by the caller as 5 values from ARGV[i]: how often a task may lose
+-- its worker, the DLQ's size and age bounds, and how often workers lacking a handler may hand a
+-- task back (and the first hand-back's delay) before it is dead-lettered.
+local function read_limits(i)
+  return {
+    max_recoveries = tonumber(ARGV[i]),
+    dlq_cap = tonumber(ARGV[i + 1]),
+    dlq_retention_ms = tonumber(ARGV[i + 2]),
+    handback_limit = tonumber(ARGV[i + 3]),
+    handback_delay_ms = tonumber(ARGV[i + 4]),
+  }
+end
 
 -- Wake one blocked worker; the claim that follows wakes the next if work remains.
 local function wake()
-  if redis.call('LLEN', k('marker')) == 0 then redis.call('RPUSH', k('marker'), '1') end
+  if redis.call('LLEN', key.marker) == 0 then redis.call('RPUSH', key.marker, '1') end
 end
 
 -- A state change on the stream the operator's status writer consumes.
-local function emit(id, state, now)
-  redis.call('XADD', k('events'), 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'id', id, 'state', state, 'ts', now)
+local function emit(id, state)
+  redis.call('XADD', key.events, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'id', id, 'state', state, 'ts', now)
 end
 
 -- emit, for the tasks that asked for it (CR-backed ones) when they were enqueued.
-local function notify(id, state, now)
-  if redis.call('HGET', tkey(id), 'notify') == '1' then emit(id, state, now) end
+local function notify(id, state)
+  if redis.call('HGET', key.task(id), 'notify') == '1' then emit(id, state) end
 end
 
-local function push_history(id, entry, keep)
+-- Appends an attempt's record, timed by Redis (the attempt's claim, now). Undecodable JSON is
+-- skipped, never raised: a script error would abort the rest of a worker's batch.
+local function push_history(id, entry)
   if entry == nil or entry == '' then return end
-  local raw = redis.call('HGET', tkey(id), 'history')
+  local ok, item = pcall(cjson.decode, entry)
+  if not ok or type(item) ~= 'table' then return end
+  local t = key.task(id)
+  local raw, started = unpack(redis.call('HMGET', t, 'history', 'attempt_ms'))
   local list = {}
-  if raw and raw ~= '' then list = cjson.decode(raw) end
-  table.insert(list, cjson.decode(entry))
-  while #list > keep do table.remove(list, 1) end
-  redis.call('HSET', tkey(id), 'history', cjson.encode(list))
+  if raw and raw ~= '' then
+    local fine, decoded = pcall(cjson.decode, raw)
+    if fine and type(decoded) == 'table' then list = decoded end
+  end
+  item.startTime = tonumber(started)
+  item.finishTime = now
+  table.insert(list, item)
+  while #list > HISTORY do table.remove(list, 1) end
+  redis.call('HSET', t, 'history', cjson.encode(list))
 end
 
-local function finish(id, state, now)
-  local t = tkey(id)
+local function cancel_requested(id)
+  return redis.call('HGET', key.task(id), 'cancel') == '1'
+end
+
+-- A terminal state. Succeeded and cancelled tasks expire after their retention; dead ones stay
+-- as long as they are in the DLQ, which has bounds of its own (dead_letter).
+local function finish(id, state)
+  local t = key.task(id)
   redis.call('HSET', t, 'state', state, 'finished_ms', now)
   redis.call('HDEL', t, 'owner', 'next_retry_ms')
-  redis.call('ZREM', k('active'), id)
-  redis.call('HINCRBY', k('stats'), state, 1)
-  local retention = tonumber(redis.call('HGET', t, 'retention') or '0')
-  if retention and retention > 0 then redis.call('EXPIRE', t, retention) end
-  notify(id, state, now)
+  redis.call('ZREM', key.active, id)
+  redis.call('ZREM', key.delayed, id)
+  redis.call('HINCRBY', key.stats, state, 1)
+  if state ~= 'dead' then
+    local retention = tonumber(redis.call('HGET', t, 'retention') or '0')
+    if retention and retention > 0 then redis.call('EXPIRE', t, retention) end
+  end
+  notify(id, state)
 end
 
-local function dead_letter(id, err, now, dlq_cap)
-  redis.call('HSET', tkey(id), 'error', err)
-  redis.call('ZADD', k('dead'), now, id)
-  finish(id, 'dead', now)
-  local over = redis.call('ZCARD', k('dead')) - dlq_cap
-  if over > 0 then
-    local popped = redis.call('ZPOPMIN', k('dead'), over)  -- member, score, member, score...
-    for i = 1, #popped, 2 do redis.call('DEL', tkey(popped[i])) end
+local function drop_dead(ids)
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', key.dead, id)
+    redis.call('DEL', key.task(id))
   end
 end
 
+local function dead_letter(id, err, limits)
+  redis.call('HSET', key.task(id), 'error', err)
+  redis.call('ZADD', key.dead, now, id)
+  finish(id, 'dead')
+  -- The DLQ's bounds: entries past its retention, then the oldest over its cap, go with their
+  -- data, so the set never points at a task that is gone.
+  if limits.dlq_retention_ms > 0 then
+    drop_dead(redis.call('ZRANGE', key.dead, '-inf', now - limits.dlq_retention_ms, 'BYSCORE',
+      'LIMIT', 0, 1000))
+  end
+  local over = redis.call('ZCARD', key.dead) - limits.dlq_cap
+  if over > 0 then drop_dead(redis.call('ZRANGE', key.dead, 0, over - 1)) end
+end
+
 local function requeue_front(id)
-  local prio = redis.call('HGET', tkey(id), 'prio')
-  redis.call('HSET', tkey(id), 'state', 'queued')
-  redis.call('LPUSH', k('ready:' .. prio), id)
+  local t = key.task(id)
+  redis.call('HSET', t, 'state', 'queued')
+  redis.call('LPUSH', key.ready(redis.call('HGET', t, 'prio')), id)
+end
+
+-- Expired leases are lost workers: back to the front, not counted as a handler failure, up to
+-- max_recoveries times. Runs on every claim and every heartbeat, paused or not, so a lost task
+-- is recovered even while all workers are busy. A cancel requested meanwhile wins.
+local function reap(limits)
+  for _, id in ipairs(redis.call('ZRANGE', key.active, '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)) do
+    local t = key.task(id)
+    redis.call('ZREM', key.active, id)
+    local attempt, owner = unpack(redis.call('HMGET', t, 'attempt', 'owner'))
+    if attempt then
+      push_history(id, cjson.encode({attempt = tonumber(attempt), worker = owner,
+        outcome = 'LostWorker'}))
+      redis.call('HDEL', t, 'owner')
+      if cancel_requested(id) then
+        finish(id, 'cancelled')
+      elseif redis.call('HINCRBY', t, 'recoveries', 1) > limits.max_recoveries then
+        dead_letter(id, cjson.encode({type = 'LostWorkerLimit', reason = 'LostWorkerLimit',
+          message = 'the task lost its worker ' .. (limits.max_recoveries + 1) .. ' times'}), limits)
+      else
+        requeue_front(id)
+        redis.call('HINCRBY', key.stats, 'recovered', 1)
+        notify(id, 'queued')
+        wake()
+      end
+    end
+  end
 end

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
+from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import Outcome, Settlement, State, TaskRequest, now_ms
 from taskorch.settings import Settings
 
@@ -112,7 +113,7 @@ async def test_retry_then_dead_letter_after_max_attempts(broker: Broker) -> None
     await broker.settle_claim(NS, Q, "w", [Settlement("x", c2.fence, Outcome.retry, err, 0)], 0)
     info = await broker.get(NS, Q, "x")
     assert info is not None and info.state is State.dead
-    assert await broker.dead_ids(NS, Q) == ["x"]
+    assert await Inspector(broker).dead_ids(NS, Q) == ["x"]
     assert await broker.requeue_dead(NS, Q, ["x"]) == ["x"]
     _, [c3], _ = await broker.settle_claim(NS, Q, "w", [], 1)
     assert c3.attempt == 3 and c3.failures == 0
@@ -124,7 +125,7 @@ async def test_dlq_is_capped_and_drops_the_oldest(broker: Broker) -> None:
     _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], 5)
     for c in claimed:
         await broker.settle_claim(NS, Q, "w", [Settlement(c.id, c.fence, Outcome.dead, "{}")], 0)
-    assert await broker.dead_ids(NS, Q) == ["d2", "d3", "d4"]  # dlq_cap=3
+    assert await Inspector(broker).dead_ids(NS, Q) == ["d2", "d3", "d4"]  # dlq_cap=3
     assert await broker.get(NS, Q, "d0") is None
 
 
@@ -146,7 +147,7 @@ async def test_pause_holds_claims_until_resume(broker: Broker) -> None:
     await enqueue(broker, TaskRequest("t", id="x"))
     await broker.pause(NS, Q)
     assert (await broker.settle_claim(NS, Q, "w", [], 5))[1] == []
-    assert (await broker.depth(NS, Q))["paused"] is True
+    assert (await Inspector(broker).stats(NS, Q)).paused is True
     await broker.resume(NS, Q)
     assert [c.id for c in (await broker.settle_claim(NS, Q, "w", [], 5))[1]] == ["x"]
 
@@ -161,10 +162,10 @@ async def test_events_stream_only_for_notify_tasks(broker: Broker) -> None:
 
 async def test_queue_is_registered_and_registered_again_after_data_loss(broker: Broker) -> None:
     await enqueue(broker, TaskRequest("t", id="a"))
-    assert await broker.queues() == [(NS, Q)]
+    assert await Inspector(broker).queues() == [(NS, Q)]
     await broker.redis.flushall()  # Redis came back without its data
     await enqueue(broker, TaskRequest("t", id="b"))
-    assert await broker.queues() == [(NS, Q)]
+    assert await Inspector(broker).queues() == [(NS, Q)]
 
 
 async def test_progress_is_stored_with_the_heartbeat_while_the_lease_is_ours(
@@ -183,9 +184,9 @@ async def test_progress_is_stored_with_the_heartbeat_while_the_lease_is_ours(
 
 
 async def test_claim_reports_when_the_next_delayed_task_falls_due(broker: Broker) -> None:
-    assert (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_ms is None
-    due = now_ms() + 60_000
-    await enqueue(broker, TaskRequest("t", id="later", run_at=due / 1000))
-    assert (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_ms == due
+    assert (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_in_ms is None
+    await enqueue(broker, TaskRequest("t", id="later", delay=60))
+    due_in = (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_in_ms
+    assert due_in is not None and 59_000 < due_in <= 60_000
     await broker.pause(NS, Q)  # nothing falls due for a paused queue: no busy wake-ups
-    assert (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_ms is None
+    assert (await broker.settle_claim(NS, Q, "w", [], 5)).next_due_in_ms is None

@@ -33,7 +33,7 @@ class FakeKube:
     events: list[str] = field(default_factory=list)
 
     async def patch_status(
-        self, plural: str, namespace: str, name: str, status: dict[str, Any]
+        self, plural: str, namespace: str, name: str, uid: str, status: dict[str, Any]
     ) -> bool:
         self.calls += 1
         if self.calls <= self.failures:

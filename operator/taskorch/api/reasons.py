@@ -1,0 +1,42 @@
+"""Every condition reason a user can `kubectl wait` on or alert on, in one place. The queue's
+Lua scripts write three of them (DeadlineExceeded, LostWorkerLimit, and the reason a worker
+sends); tests/with_redis/test_keys.py checks the scripts name no other."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # Succeeded=Unknown while the task is on its way (the phase is the reason)
+    Pending = "Pending"
+    Queued = "Queued"
+    Scheduled = "Scheduled"
+    Running = "Running"
+    Retrying = "Retrying"
+    Suspended = "Suspended"
+    # Succeeded=True
+    Succeeded = "Succeeded"
+    # refused by the operator before the queue (phase Failed)
+    InvalidSpec = "InvalidSpec"
+    PayloadTooLarge = "PayloadTooLarge"
+    # waiting before the queue (phase Pending)
+    PayloadFromMissing = "PayloadFromMissing"
+    PayloadFromForbidden = "PayloadFromForbidden"
+    RedisUnreachable = "RedisUnreachable"  # the QueueUnavailable condition
+    # ended without running
+    Cancelled = "Cancelled"
+    Duplicate = "Duplicate"  # another task holds the idempotencyKey (phase Skipped)
+    # dead-lettered by a worker or the queue (phase DeadLettered)
+    MaxAttemptsExceeded = "MaxAttemptsExceeded"
+    NonRetryableError = "NonRetryableError"
+    UnknownTaskType = "UnknownTaskType"
+    InvalidPayload = "InvalidPayload"
+    InvalidRetryPolicy = "InvalidRetryPolicy"
+    ResultNotSerializable = "ResultNotSerializable"
+    ResultTooLarge = "ResultTooLarge"
+    SettlementRefused = "SettlementRefused"
+    DeadlineExceeded = "DeadlineExceeded"
+    LostWorkerLimit = "LostWorkerLimit"
+    # a failed attempt that will be retried (lastError.reason)
+    HandlerError = "HandlerError"

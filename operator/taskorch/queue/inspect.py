@@ -1,0 +1,93 @@
+"""The read model of the queues, apart from the hot path (asynq's inspector): typed queue stats
+and pages of dead tasks, for the CLI, the operator's metrics and (later) the scaler and the
+dashboard. Every read is bounded: pages, never full scans."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from taskorch.queue import keys
+from taskorch.queue.broker import Broker
+from taskorch.queue.model import TaskInfo, TaskRef, now_ms
+
+PRIORITIES = range(9, -1, -1)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    namespace: str
+    queue: str
+    ready: int  # waiting to be claimed
+    active: int  # running, leased by a worker
+    delayed: int  # waiting for runAt, a retry backoff or a hand-back delay
+    dead: int  # in the dead-letter queue
+    paused: bool
+    oldest_ready_age_s: float | None  # age of the oldest ready task
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Inspector:
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.redis = broker.redis
+
+    async def queues(self) -> list[tuple[str, str]]:
+        """Every (namespace, queue) ever enqueued to, sorted."""
+        refs = sorted(_s(r) for r in await self.redis.smembers(keys.QUEUES))
+        return [keys.split_queue_ref(r) for r in refs]
+
+    async def stats(self, namespace: str, queue: str) -> QueueStats:
+        """Backlog, in-flight, delayed, dead, paused and the oldest ready task's age."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for prio in PRIORITIES:
+                pipe.llen(keys.ready(namespace, queue, prio))
+            pipe.zcard(keys.active(namespace, queue))
+            pipe.zcard(keys.delayed(namespace, queue))
+            pipe.zcard(keys.dead(namespace, queue))
+            pipe.exists(keys.paused(namespace, queue))
+            for prio in PRIORITIES:
+                pipe.lindex(keys.ready(namespace, queue, prio), 0)
+            res = await pipe.execute()
+        n = len(PRIORITIES)
+        heads = [_s(h) for h in res[n + 4 :] if h]
+        oldest_ms: int | None = None
+        if heads:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for h in heads:
+                    pipe.hget(keys.task(namespace, queue, h), "created_ms")
+                created = [int(c) for c in await pipe.execute() if c]
+            oldest_ms = min(created) if created else None
+        return QueueStats(
+            namespace=namespace,
+            queue=queue,
+            ready=sum(res[:n]),
+            active=res[n],
+            delayed=res[n + 1],
+            dead=res[n + 2],
+            paused=bool(res[n + 3]),
+            oldest_ready_age_s=(now_ms() - oldest_ms) / 1000 if oldest_ms else None,
+        )
+
+    async def all_stats(self) -> list[QueueStats]:
+        return [await self.stats(ns, q) for ns, q in await self.queues()]
+
+    async def dead_ids(
+        self, namespace: str, queue: str, offset: int = 0, limit: int = 100
+    ) -> list[str]:
+        """A page of the DLQ, oldest first."""
+        ids = await self.redis.zrange(keys.dead(namespace, queue), offset, offset + limit - 1)
+        return [_s(i) for i in ids]
+
+    async def dead_tasks(
+        self, namespace: str, queue: str, offset: int = 0, limit: int = 100
+    ) -> list[TaskInfo]:
+        ids = await self.dead_ids(namespace, queue, offset, limit)
+        infos = await self.broker.get_many([TaskRef(namespace, queue, i) for i in ids])
+        return [i for i in infos if i is not None]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
