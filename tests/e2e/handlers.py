@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import redis
 from pydantic import BaseModel
@@ -86,3 +87,33 @@ async def steps(ctx: taskorch.Context, p: Steps) -> int:
         ctx.progress({"step": i, "of": p.steps})
         await asyncio.sleep(p.seconds_each)
     return p.steps
+
+
+@app.handler("fail_then_slow")
+async def fail_then_slow(ctx: taskorch.Context, p: Sleep) -> str:
+    """Fails until the test sets flag:<task id>, then takes `seconds`."""
+    r = redis.Redis.from_url(os.environ["TASKORCH_REDIS_URL"])
+    if not r.exists(f"flag:{ctx.task_id}"):
+        raise RuntimeError("flag not set yet")
+    await asyncio.sleep(p.seconds)
+    return "late"
+
+
+class Login(BaseModel):
+    token: str
+    count: int
+
+
+@app.handler("login")
+async def login(ctx: taskorch.Context, p: Login) -> None:
+    """Fails echoing its payloadFrom secret, which must not reach the Task's status."""
+    raise PermissionError(f"token {p.token} was refused")
+
+
+@app.handler("chaos")
+def chaos(ctx: taskorch.Context, p: Sleep) -> str:
+    """Records every run in a file (it survives Redis restarts and worker kills alike)."""
+    with open(os.environ["CHAOS_RUNS_FILE"], "a") as runs:
+        runs.write(f"{ctx.task_id}\n")
+    time.sleep(p.seconds)
+    return ctx.task_id
