@@ -13,7 +13,7 @@ from taskorch_examples import app as examples
 import taskorch
 
 app = taskorch.App()
-app.handlers.update(examples.handlers)  # process_image and noop, as the README shows them
+app.include(examples)  # process_image and noop, as the README shows them
 
 
 class Flaky(BaseModel):

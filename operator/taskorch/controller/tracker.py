@@ -22,6 +22,7 @@ from taskorch.queue.broker import Broker
 
 log = logging.getLogger("taskorch.tracker")
 TERMINAL = {p.value for p in TERMINAL_PHASES}
+TTL_RETRY_FIRST_SECONDS = 1.0
 
 
 class Reenqueue(Protocol):
@@ -92,7 +93,7 @@ class Tracker:
         Task of the same name but another UID is not ours: the delete's precondition)."""
         try:
             await asyncio.sleep(max(0.0, expires - time.time()))
-            backoff = 1.0
+            backoff = TTL_RETRY_FIRST_SECONDS
             while True:
                 try:
                     await self.kube.delete("tasks", namespace, name, uid=uid)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from pydantic import TypeAdapter, ValidationError
 
 from taskorch.worker.retry import Retry
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass
@@ -60,8 +62,11 @@ class App:
         *,
         retry: Retry | None = None,
         timeout: float | None = None,
-    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def register(func: Callable[..., Any]) -> Callable[..., Any]:
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of `name` (default: its own name);
+        the function keeps its type, so it stays callable and checkable as written."""
+
+        def register(func: F) -> F:
             task_type = name or func.__name__
             if task_type in self.handlers:
                 raise ValueError(f"handler {task_type!r} is registered twice")
@@ -77,6 +82,13 @@ class App:
             return func
 
         return register
+
+    def include(self, other: App) -> None:
+        """Serve another app's handlers too (handlers split over modules or packages)."""
+        for name, handler in other.handlers.items():
+            if name in self.handlers and self.handlers[name] is not handler:
+                raise ValueError(f"handler {name!r} is registered twice")
+            self.handlers[name] = handler
 
 
 def _normalise(retry: Retry | None) -> Retry | None:
