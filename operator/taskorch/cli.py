@@ -91,6 +91,7 @@ def worker(
     """Run a worker: claim tasks of NAMESPACE's QUEUES and run them with the app's handlers."""
     import asyncio
     import importlib
+    import os
     import signal
 
     from taskorch.errors import TaskorchError
@@ -114,8 +115,10 @@ def worker(
 
         start_http_server(metrics_port)
     settings = _settings(redis_url=redis_url, namespace=namespace)
+    hung_threads = 0
 
     async def run() -> None:
+        nonlocal hung_threads
         broker = Broker.from_url(settings.redis_url, settings)
         await warn_unless_noeviction(broker.redis)
         w = Worker(
@@ -132,14 +135,28 @@ def worker(
         try:
             await w.run()
         finally:
+            hung_threads = w.threads.hung
             await broker.close()
 
+    failure = None
     try:
         asyncio.run(run())
     except TaskorchError as e:
         # A supervised loop ended (e.g. leases could not be renewed): exit non-zero so that
         # Kubernetes restarts the worker.
-        raise SystemExit(f"taskorch worker stopped: {e}") from e
+        failure = f"taskorch worker stopped: {e}"
+    if hung_threads:
+        # Python joins every pool thread at exit: a sync handler that ignored its timeout would
+        # keep a drained (or failed) worker alive until it returns. Its attempt is over.
+        logging.getLogger("taskorch.worker").warning(
+            "exiting without waiting for %d hung handler thread(s)", hung_threads
+        )
+        if failure:
+            click.echo(failure, err=True)
+        logging.shutdown()
+        os._exit(1 if failure else 0)
+    if failure:
+        raise SystemExit(failure)
 
 
 @main.command()

@@ -117,3 +117,9 @@ def chaos(ctx: taskorch.Context, p: Sleep) -> str:
         runs.write(f"{ctx.task_id}\n")
     time.sleep(p.seconds)
     return ctx.task_id
+
+
+@app.handler("sleep_sync")
+def sleep_sync(ctx: taskorch.Context, p: Sleep) -> None:
+    """A sync handler that ignores its timeout: its thread stays busy."""
+    time.sleep(p.seconds)

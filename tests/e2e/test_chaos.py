@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator, start_worker
+from tests.e2e.test_tasks import task_docs
 from tests.support import RedisServer
 
 TASKS = 300
@@ -55,21 +55,14 @@ def test_chaos_every_task_succeeds_none_lost_and_reruns_bounded_by_deaths(
     rng = random.Random(7)
     operator = new_operator()
     workers = [new_worker() for _ in range(WORKERS)]
-    names = [f"chaos-{i:03d}" for i in range(TASKS)]
-    docs = [
-        {
-            "apiVersion": "taskorch.io/v1alpha1",
-            "kind": "Task",
-            "metadata": {"name": n},
-            "spec": {"type": "chaos", "payload": {"seconds": 0.6}},
-        }
-        for n in names
-    ]
+    docs = task_docs(
+        [f"chaos-{i:03d}" for i in range(TASKS)], {"type": "chaos", "payload": {"seconds": 0.6}}
+    )
     kills = exits = 0
     operator_restarted = redis_restarted = False
     items: list[dict[str, Any]] = []
     try:
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), namespace=namespace)
+        cluster.kubectl("apply", "-f", "-", input=docs, namespace=namespace)
         started = time.monotonic()
         next_kill = started + KILL_EVERY_SECONDS
         while True:

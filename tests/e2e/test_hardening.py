@@ -15,7 +15,7 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import State
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc
-from tests.e2e.test_tasks import apply_task, cond, task, wait_phase
+from tests.e2e.test_tasks import apply_task, cond, task, wait_deleted, wait_phase
 from tests.support import wait_for
 
 
@@ -126,14 +126,7 @@ def test_7_a_task_requeued_from_the_dlq_is_not_deleted_by_its_old_ttl(
     # It runs for 8 s: past the TTL counted from its first completion, which must not fire.
     t = wait_phase(cluster, namespace, "revived", "Succeeded", timeout=60)
     assert t["status"]["attempts"] == 2 and t["status"]["result"] == "late"
-    wait_for(
-        lambda: (
-            cluster.kubectl("get", "task", "revived", namespace=namespace, check=False).returncode
-            != 0
-        ),
-        timeout=30,
-        what="the TTL counted from the second completion to delete it",
-    )
+    wait_deleted(cluster, namespace, "revived", "its TTL, counted from its second completion")
 
 
 def test_14_payload_from_values_never_reach_status_or_events(

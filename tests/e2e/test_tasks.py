@@ -31,6 +31,28 @@ def apply_task(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), namespace=namespace)
 
 
+def task_docs(names: list[str], spec: dict[str, Any]) -> str:
+    """Tasks of one spec, as one multi-document YAML for a single `kubectl apply`."""
+    docs = [
+        {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "Task",
+            "metadata": {"name": n},
+            "spec": spec,
+        }
+        for n in names
+    ]
+    return yaml.safe_dump_all(docs)
+
+
+def wait_deleted(cluster: Cluster, namespace: str, name: str, what: str) -> None:
+    wait_for(
+        lambda: cluster.kubectl("get", "task", name, namespace=namespace, check=False).returncode,
+        timeout=30,
+        what=what,
+    )
+
+
 def task(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(cluster.get_json(f"task/{name}", namespace=namespace))
 
@@ -186,16 +208,8 @@ def test_operator_restart_mid_flight_loses_nothing(
     op = start_operator(redis_url, cluster.kubeconfig, tmp_path / "op1.log")
     workers(concurrency=8)
     names = [f"job-{i}" for i in range(20)]
-    docs = [
-        {
-            "apiVersion": "taskorch.io/v1alpha1",
-            "kind": "Task",
-            "metadata": {"name": n},
-            "spec": {"type": "slow", "payload": {"seconds": 0.3}},
-        }
-        for n in names
-    ]
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs), namespace=namespace)
+    docs = task_docs(names, {"type": "slow", "payload": {"seconds": 0.3}})
+    cluster.kubectl("apply", "-f", "-", input=docs, namespace=namespace)
     wait_for(
         lambda: any(
             t.get("status", {}).get("phase")
@@ -341,14 +355,7 @@ def test_ttl_after_finished_deletes_the_task(
     apply_task(cluster, namespace, "ephemeral", {"type": "noop", "ttlSecondsAfterFinished": 5})
     # 5 s of TTL: long enough that polling sees Succeeded before the deletion.
     wait_phase(cluster, namespace, "ephemeral", "Succeeded")
-    wait_for(
-        lambda: (
-            cluster.kubectl("get", "task", "ephemeral", namespace=namespace, check=False).returncode
-            != 0
-        ),
-        timeout=30,
-        what="the finished task to be deleted by its TTL",
-    )
+    wait_deleted(cluster, namespace, "ephemeral", "the finished task to be deleted by its TTL")
 
 
 def test_deleting_a_running_task_cancels_it_and_needs_no_finalizer(

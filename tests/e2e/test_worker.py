@@ -15,7 +15,7 @@ import pytest
 import taskorch
 from taskorch.queue.model import State
 from tests.e2e.processes import start_worker
-from tests.support import async_wait_for, wait_for
+from tests.support import RedisServer, async_wait_for, wait_for
 
 NS = "sdk-team"
 
@@ -108,6 +108,44 @@ async def test_progress_is_visible_while_the_handler_runs(
         assert await client.wait(task_id, timeout=20) == 3
     finally:
         worker.kill()
+
+
+async def test_a_worker_with_a_hung_sync_handler_still_exits_on_sigterm(
+    client: taskorch.Client, redis_url: str, tmp_path: Path
+) -> None:
+    worker = start_worker(redis_url, NS, tmp_path / "hung.log", args=("--grace", "1"))
+    task_id = await client.enqueue("sleep_sync", {"seconds": 60}, timeout=0.3)
+
+    async def timed_out() -> bool:
+        info = await client.get(task_id)
+        return info is not None and info.failures >= 1
+
+    await async_wait_for(timed_out, timeout=30, what="the sync handler to time out")
+    assert worker.process is not None
+    worker.process.terminate()
+    # Python would join the hung thread at exit (60 s); the worker must not wait for it.
+    exit_code = await asyncio.to_thread(worker.process.wait, 20)
+    assert exit_code == 0, worker.logs()
+    assert "hung handler thread" in worker.logs()
+
+
+async def test_a_worker_that_cannot_renew_its_leases_exits_non_zero(
+    client: taskorch.Client, redis_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    worker = start_worker(redis_url, NS, tmp_path / "w.log", TASKORCH_LEASE_SECONDS="1")
+    task_id = await client.enqueue("slow", {"seconds": 60})
+    await async_wait_for(
+        lambda: _is(client, task_id, State.active), timeout=30, what="the task to run"
+    )
+    redis_server.stop()  # the fixture starts it again for the next test
+    assert worker.process is not None
+    exit_code = await asyncio.to_thread(worker.process.wait, 30)
+    assert exit_code == 1, worker.logs()
+    assert "could not renew leases" in worker.logs()
+
+
+async def _is(client: taskorch.Client, task_id: str, state: State) -> bool:
+    return await _state(client, task_id) is state
 
 
 def test_cli_queues_pause_resume(redis_url: str) -> None:

@@ -231,3 +231,27 @@ async def test_history_times_come_from_redis(broker: Broker) -> None:
     [h] = info.history
     assert h["startTime"] == info.started_ms and h["finishTime"] == info.finished_ms
     assert h["finishTime"] > 1_700_000_000_000
+
+
+async def test_a_retry_past_the_deadline_is_dead_lettered_as_deadline_exceeded(
+    broker: Broker,
+) -> None:
+    await broker.enqueue_many(NS, Q, [TaskRequest("t", id="x", deadline=time.time() + 30)])
+    c = await claim_one(broker)
+    err = json.dumps({"type": "RuntimeError", "reason": "HandlerError", "message": "boom"})
+    await broker.settle_claim(NS, Q, "w", [Settlement("x", c.fence, Outcome.retry, err, 60_000)], 0)
+    info = await broker.get(NS, Q, "x")
+    assert info is not None and info.state is State.dead and info.error is not None
+    assert info.error["reason"] == "DeadlineExceeded" and info.error["type"] == "RuntimeError"
+    assert info.error["message"].endswith("past the task deadline: boom")
+
+
+async def test_11_the_dlq_retention_is_kept_by_claims_too(aredis: aioredis.Redis) -> None:
+    broker = Broker(aredis, Settings(dlq_retention_seconds=3600))
+    await broker.enqueue_many(NS, Q, [TaskRequest("t", id="old")])
+    c = await claim_one(broker)
+    await broker.settle_claim(NS, Q, "w", [Settlement("old", c.fence, Outcome.dead, "{}")], 0)
+    await aredis.zadd(keys.dead(NS, Q), {"old": 1}, xx=True)  # dead-lettered long ago
+    await broker.settle_claim(NS, Q, "w", [], 1)  # no new dead task: a plain claim
+    assert await Inspector(broker).dead_ids(NS, Q) == []
+    assert await aredis.exists(keys.task(NS, Q, "old")) == 0

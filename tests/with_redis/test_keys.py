@@ -50,7 +50,10 @@ def test_scripts_build_keys_only_through_the_key_table() -> None:
 
 def test_scripts_write_only_reasons_users_can_look_up() -> None:
     lua = files("taskorch.queue") / "lua"
-    written = set()
+    written: set[str] = set()
     for name in (*NAMES, "common"):
-        written |= set(re.findall(r"reason = '(\w+)'", (lua / f"{name}.lua").read_text()))
-    assert written and written <= {r.value for r in Reason}, written - {r.value for r in Reason}
+        text = (lua / f"{name}.lua").read_text()
+        for literal, via_helper in re.findall(r"reason = '(\w+)'|with_reason\(\w+, '(\w+)'", text):
+            written.add(literal or via_helper)
+    assert {"LostWorkerLimit", "DeadlineExceeded", "MaxAttemptsExceeded"} <= written
+    assert written <= {r.value for r in Reason}, written - {r.value for r in Reason}

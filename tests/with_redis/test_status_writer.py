@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from taskorch.controller.consumer import GROUP_NAME, StatusWriter
-from taskorch.controller.kube import Kube
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import Outcome, Settlement, TaskRequest
@@ -71,7 +70,7 @@ async def writers(broker: Broker) -> AsyncIterator[list[asyncio.Task[None]]]:
 
 
 def start(broker: Broker, kube: FakeKube, name: str, started: list[asyncio.Task[None]]) -> None:
-    writer = StatusWriter(broker, cast(Kube, kube), consumer=name, batch_window=0.01)
+    writer = StatusWriter(broker, kube, consumer=name, batch_window=0.01)
     started.append(asyncio.create_task(writer.run()))
 
 

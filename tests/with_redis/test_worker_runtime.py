@@ -310,3 +310,31 @@ async def test_16_weighted_queues_serve_a_later_queue_under_a_full_first_one(
     else:
         # strict order: nothing of the light queue runs while the busy one has work
         assert busy_left > 0 and not any(light_done)
+
+
+class CountingBroker(Broker):
+    calls = 0
+
+    async def settle_claim(self, *args: Any, **kwargs: Any) -> ClaimResult:
+        self.calls += 1
+        return await super().settle_claim(*args, **kwargs)
+
+
+async def test_an_idle_worker_sleeps_instead_of_polling(aredis: aioredis.Redis) -> None:
+    broker = CountingBroker(aredis)
+    app = taskorch.App()
+
+    @app.handler("noop")
+    async def noop(ctx: taskorch.Context) -> None:
+        return None
+
+    w = Worker(app, broker, namespace=NS, queues="default")
+    async with serving(w):
+        [task_id] = await enqueue(broker, "default", TaskRequest("noop"))
+        await async_wait_for(lambda: ended(broker, task_id), what="the task to run")
+        before = broker.calls
+        idle = asyncio.Event()
+        with suppress(TimeoutError):
+            await asyncio.wait_for(idle.wait(), 2.0)  # two idle seconds to observe
+        # woken by its marker or once a second (IDLE_WAKE_SECONDS): not a busy loop
+        assert broker.calls - before <= 4, broker.calls - before

@@ -1,6 +1,7 @@
 """Every condition reason a user can `kubectl wait` on or alert on, in one place. The queue's
-Lua scripts write three of them (DeadlineExceeded, LostWorkerLimit, and the reason a worker
-sends); tests/with_redis/test_keys.py checks the scripts name no other."""
+Lua scripts write some of them (DeadlineExceeded, LostWorkerLimit, MaxAttemptsExceeded) besides
+the reason a worker sends; tests/with_redis/test_keys.py checks the scripts name no other.
+A handler's own `NonRetryable(reason)` is passed through as written."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from enum import StrEnum
 
 
 class Reason(StrEnum):
-    # Succeeded=Unknown while the task is on its way (the phase is the reason)
-    Pending = "Pending"
+    # Succeeded=Unknown while the task is on its way (the phase is the reason; a Pending Task
+    # says why it waits: Suspended, PayloadFrom…, or QueueUnavailable's RedisUnreachable)
     Queued = "Queued"
     Scheduled = "Scheduled"
     Running = "Running"

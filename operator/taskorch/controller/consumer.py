@@ -11,7 +11,7 @@ import redis.exceptions
 from kubernetes.client.exceptions import ApiException
 
 from taskorch.api.reasons import Reason
-from taskorch.controller.kube import Kube
+from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import task_status
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
@@ -26,7 +26,7 @@ class StatusWriter:
     def __init__(
         self,
         broker: Broker,
-        kube: Kube,
+        kube: KubeAPI,
         *,
         consumer: str,
         batch_window: float = 0.2,
@@ -50,15 +50,16 @@ class StatusWriter:
                 retry_pending = True
                 while True:
                     await self._refresh_streams()
-                    got_any, failed = await self._consume(pending=retry_pending)
+                    got_any, failed, full = await self._consume(pending=retry_pending)
                     if failed:
                         await asyncio.sleep(backoff)  # the API server may be down: back off
                         backoff = min(backoff * 2, 5.0)
                     else:
                         backoff = 0.2
-                    if not got_any and not failed:
-                        # Idle: the pause lets a task's quick succession of changes coalesce
-                        # into one status write.
+                    if not failed and not full:
+                        # The pause lets a task's quick succession of changes (queued, running,
+                        # succeeded) coalesce into one status write; a full batch means more
+                        # is waiting: read on at once.
                         await asyncio.sleep(self.batch_window)
                     # Stay on the pending entries until they are all written and acked.
                     retry_pending = failed or (retry_pending and got_any)
@@ -109,12 +110,13 @@ class StatusWriter:
             if name != self.consumer and not consumer["pending"]:
                 await r.xgroup_delconsumer(stream, GROUP_NAME, name)
 
-    async def _consume(self, *, pending: bool) -> tuple[bool, bool]:
-        """Read and apply one batch; returns (whether it read anything, whether a write failed).
+    async def _consume(self, *, pending: bool) -> tuple[bool, bool, bool]:
+        """Read and apply one batch; returns whether it read anything, whether a write failed
+        and whether a stream gave a full batch.
         One XREADGROUP per queue's stream, pipelined: one call over several streams would span
         slots, which Redis Cluster refuses."""
         if not self.streams:
-            return False, False
+            return False, False, False
         start = "0" if pending else ">"
         async with self.broker.redis.pipeline(transaction=False) as p:
             for stream in self.streams:
@@ -122,8 +124,9 @@ class StatusWriter:
             replies = await p.execute()
         got = [(stream, items) for reply in replies for stream, items in reply or [] if items]
         if not got:
-            return False, False
-        return True, await self._apply(got)
+            return False, False, False
+        full = any(len(items) >= self.batch for _, items in got)
+        return True, await self._apply(got), full
 
     async def _apply(self, got: Any) -> bool:
         """Write the status of every task seen in `got`; ack the entries of the tasks written.

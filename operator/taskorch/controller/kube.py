@@ -7,7 +7,7 @@ import asyncio
 import base64
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -15,6 +15,28 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from taskorch.api.base import GROUP, VERSION
+
+
+class KubeAPI(Protocol):
+    """The operator's Kubernetes calls, as the status writer, the tracker and the Task handlers
+    use them (Kube below; the unit tests' fakes)."""
+
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, uid: str, status: dict[str, Any]
+    ) -> bool: ...
+
+    async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def delete(
+        self, plural: str, namespace: str, name: str, uid: str | None = None
+    ) -> None: ...
+
+    async def event(
+        self, kind: str, namespace: str, name: str, uid: str, type_: str, reason: str, message: str
+    ) -> None: ...
+
+    async def read_key(self, namespace: str, kind: str, name: str, key: str) -> str: ...
+
 
 STATUS_WRITES = Counter("taskorch_operator_status_writes", "Status patches sent.", ["kind"])
 COMPONENT = "taskorch-operator"

@@ -8,14 +8,13 @@ camelCase dicts: the API server silently drops a status field it does not know.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from taskorch.api.base import Condition, format_duration
 from taskorch.api.reasons import Reason
 from taskorch.api.task import AttemptRecord, TaskError, TaskPhase, TaskStatus
-from taskorch.queue.model import State, TaskInfo
+from taskorch.queue.model import State, TaskInfo, dumps, size_in_bytes
 
 RESULT_INLINE_BYTES = 4096
 TRACEBACK_TAIL = 800
@@ -104,7 +103,7 @@ def task_status(info: TaskInfo, generation: int | None) -> dict[str, Any]:
     result: Any = None
     result_ref = None
     if info.state is State.succeeded and info.result is not None:
-        if len(json.dumps(info.result)) <= RESULT_INLINE_BYTES:
+        if size_in_bytes(dumps(info.result)) <= RESULT_INLINE_BYTES:
             result = info.result
         else:
             result_ref = f"redis:{info.namespace}/{info.queue}/{info.id}"

@@ -3,7 +3,6 @@ events that feed the resync and TTL tracker."""
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -14,7 +13,7 @@ from pydantic import ValidationError
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TERMINAL_PHASES, TaskSpec, priority_level
-from taskorch.controller.kube import Kube
+from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import (
     cancelled_status,
     duplicate_status,
@@ -24,7 +23,7 @@ from taskorch.controller.status import (
 )
 from taskorch.errors import Refused, Waiting
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, now_ms
+from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, dumps, now_ms, size_in_bytes
 
 log = logging.getLogger("taskorch.tasks")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
@@ -33,7 +32,7 @@ TERMINAL = {p.value for p in TERMINAL_PHASES}
 
 
 async def build_request(
-    kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
 ) -> TaskRequest:
     try:
         task = TaskSpec.model_validate(spec)
@@ -55,7 +54,7 @@ async def build_request(
             # RBAC may be granted later (Helm value rbac.readSecrets): wait rather than fail.
             raise Waiting(Reason.PayloadFromForbidden, f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
-    size = len(json.dumps(payload))  # what goes into Redis, payloadFrom values included
+    size = size_in_bytes(dumps(payload))  # what goes into Redis, payloadFrom values included
     if size > MAX_PAYLOAD_BYTES:
         raise Refused(Reason.PayloadTooLarge, f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
     created = epoch_seconds(meta["creationTimestamp"])
@@ -81,7 +80,7 @@ async def build_request(
 
 
 async def admit(
-    broker: Broker, kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    broker: Broker, kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
 ) -> dict[str, Any] | None:
     """Enqueue the Task, or decide it never runs. Returns the status to write for a Task that
     never reaches a worker (cancelled, refused, a duplicate), None once it is enqueued (the
@@ -215,7 +214,7 @@ async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_
 
 
 async def reenqueue(
-    broker: Broker, kube: Kube, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    broker: Broker, kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
 ) -> None:
     """Enqueue a Task again (the tracker's repair when Redis lost it); idempotent by UID."""
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskorch.api.task import TERMINAL_PHASES
-from taskorch.controller.kube import Kube
+from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import epoch_seconds, task_status
 from taskorch.queue.broker import Broker
 
@@ -44,7 +44,7 @@ class InFlight:
 
 class Tracker:
     def __init__(
-        self, broker: Broker, kube: Kube, reenqueue: Reenqueue, *, resync_seconds: float = 30.0
+        self, broker: Broker, kube: KubeAPI, reenqueue: Reenqueue, *, resync_seconds: float = 30.0
     ) -> None:
         self.broker = broker
         self.kube = kube

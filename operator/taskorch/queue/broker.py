@@ -21,6 +21,7 @@ from taskorch.queue.model import (
     TaskRef,
     TaskRequest,
     dumps,
+    size_in_bytes,
 )
 from taskorch.queue.scripts import Scripts
 from taskorch.settings import Settings
@@ -91,10 +92,8 @@ class Broker:
                 if not 0 <= r.priority <= 9:  # a ready:<p> list no claim reads would hide it
                     raise InvalidTask(f"priority {r.priority} is outside 0-9")
                 payload = dumps(r.payload)
-                if len(payload) > MAX_PAYLOAD_BYTES:
-                    raise InvalidTask(
-                        f"payload is {len(payload)} bytes as JSON, over {MAX_PAYLOAD_BYTES}"
-                    )
+                if (size := size_in_bytes(payload)) > MAX_PAYLOAD_BYTES:
+                    raise InvalidTask(f"payload is {size} bytes as JSON, over {MAX_PAYLOAD_BYTES}")
                 tasks += [r.id or uuid.uuid4().hex, payload, r.idempotency_key or ""]
             (type_, prio, max_attempts, policy, timeout_ms, due, delay, deadline, *rest) = shared
             notify, cr, gen, redact = rest

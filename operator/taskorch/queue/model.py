@@ -61,6 +61,11 @@ def dumps(value: Any) -> str:
     return text if text.isascii() else _LONE_SURROGATE.sub("\ufffd", text)
 
 
+def size_in_bytes(text: str) -> int:
+    """What `text` weighs in Redis (UTF-8), without encoding it in the common ASCII case."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 @dataclass(frozen=True, slots=True)
 class TaskRequest:
     """One task to enqueue. `retry` is the task's own policy (camelCase keys as in the CRD);

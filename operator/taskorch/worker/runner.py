@@ -29,7 +29,7 @@ from taskorch.api.reasons import Reason
 from taskorch.errors import LeasesLost, NonRetryable
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import Claimed, Outcome, Settlement, dumps
+from taskorch.queue.model import Claimed, Outcome, Settlement, dumps, size_in_bytes
 from taskorch.supervise import run_supervised
 from taskorch.worker import metrics
 from taskorch.worker.app import App, Context, Handler
@@ -162,7 +162,7 @@ class Worker:
                 if remaining <= 0:
                     break
                 remaining -= await self._settle_and_claim_queue(queue, remaining)
-        self._capacity_changed()
+        self._update_capacity()  # not a wake-up: the loop decides whether to sleep
         return remaining < free
 
     async def _settle_and_claim_queue(self, queue: str, n: int) -> int:
@@ -240,12 +240,16 @@ class Worker:
         except redis.exceptions.RedisError as e:
             log.warning("could not settle the last attempts (%s); their leases will expire", e)
 
-    def _capacity_changed(self) -> None:
+    def _update_capacity(self) -> None:
         metrics.IN_FLIGHT.set(len(self.running))
         if self.free_capacity() > 0:
             self.has_capacity.set()
         else:
             self.has_capacity.clear()
+
+    def _capacity_changed(self) -> None:
+        """An attempt ended or a hung thread came back: settle and claim now."""
+        self._update_capacity()
         self.wake.set()
 
     # -- background loops ----------------------------------------------------------------------
@@ -331,8 +335,8 @@ class Worker:
 
     def _report_progress(self, queue: str, task_id: str, value: Any) -> None:
         data = dumps(value)
-        if len(data) > MAX_PROGRESS_BYTES:
-            raise ValueError(f"progress is {len(data)} bytes as JSON, over {MAX_PROGRESS_BYTES}")
+        if (size := size_in_bytes(data)) > MAX_PROGRESS_BYTES:
+            raise ValueError(f"progress is {size} bytes as JSON, over {MAX_PROGRESS_BYTES}")
         self.progress[queue][task_id] = data
 
     async def _attempt(self, r: Running) -> Settlement | None:
@@ -405,8 +409,8 @@ class Worker:
             data = dumps(result)
         except (TypeError, ValueError) as e:
             return dead(e, Reason.ResultNotSerializable)
-        if len(data) > MAX_RESULT_BYTES:
-            too_large = ValueError(f"result is {len(data)} bytes, over {MAX_RESULT_BYTES}")
+        if (size := size_in_bytes(data)) > MAX_RESULT_BYTES:
+            too_large = ValueError(f"result is {size} bytes as JSON, over {MAX_RESULT_BYTES}")
             return dead(too_large, Reason.ResultTooLarge)
         metrics.PROCESSED.labels(*labels).inc()
         return settle(Outcome.ok, data, "Succeeded")

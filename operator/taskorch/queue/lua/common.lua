@@ -102,18 +102,32 @@ local function drop_dead(ids)
   end
 end
 
+-- The DLQ's age bound: entries past its retention go with their data, so the set never points
+-- at a task that is gone. Runs on every dead-lettering, claim and heartbeat (a bounded range).
+local function trim_dead(limits)
+  if limits.dlq_retention_ms > 0 then
+    drop_dead(redis.call('ZRANGE', key.dead, '-inf', now - limits.dlq_retention_ms, 'BYSCORE',
+      'LIMIT', 0, 100))
+  end
+end
+
 local function dead_letter(id, err, limits)
   redis.call('HSET', key.task(id), 'error', err)
   redis.call('ZADD', key.dead, now, id)
   finish(id, 'dead')
-  -- The DLQ's bounds: entries past its retention, then the oldest over its cap, go with their
-  -- data, so the set never points at a task that is gone.
-  if limits.dlq_retention_ms > 0 then
-    drop_dead(redis.call('ZRANGE', key.dead, '-inf', now - limits.dlq_retention_ms, 'BYSCORE',
-      'LIMIT', 0, 1000))
-  end
+  trim_dead(limits)
   local over = redis.call('ZCARD', key.dead) - limits.dlq_cap
   if over > 0 then drop_dead(redis.call('ZRANGE', key.dead, 0, over - 1)) end
+end
+
+-- A worker's error record with the queue's own reason for ending the task (the record's type,
+-- message and traceback kept); a record cjson cannot read is replaced.
+local function with_reason(err, reason, message)
+  local ok, record = pcall(cjson.decode, err)
+  if not ok or type(record) ~= 'table' then record = {type = reason} end
+  record.reason = reason
+  record.message = message .. (record.message and (': ' .. tostring(record.message)) or '')
+  return cjson.encode(record)
 end
 
 local function requeue_front(id)
@@ -126,6 +140,7 @@ end
 -- max_recoveries times. Runs on every claim and every heartbeat, paused or not, so a lost task
 -- is recovered even while all workers are busy. A cancel requested meanwhile wins.
 local function reap(limits)
+  trim_dead(limits)
   for _, id in ipairs(redis.call('ZRANGE', key.active, '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)) do
     local t = key.task(id)
     redis.call('ZREM', key.active, id)

@@ -31,8 +31,10 @@ for i = 9, #ARGV, 6 do
       local deadline = tonumber(redis.call('HGET', t, 'deadline_ms')) or 0
       local ma = tonumber(redis.call('HGET', t, 'max_attempts')) or 0
       local due = now + delay_ms
-      if (ma > 0 and f >= ma) or (deadline > 0 and due > deadline) then
-        dead_letter(id, data, limits)
+      if ma > 0 and f >= ma then
+        dead_letter(id, with_reason(data, 'MaxAttemptsExceeded', 'attempt ' .. f .. ' of ' .. ma .. ' failed'), limits)
+      elseif deadline > 0 and due > deadline then
+        dead_letter(id, with_reason(data, 'DeadlineExceeded', 'the next retry would start past the task deadline'), limits)
       else
         redis.call('HSET', t, 'state', 'retrying', 'error', data, 'next_retry_ms', due)
         redis.call('HDEL', t, 'owner')
