@@ -338,3 +338,17 @@ async def test_an_idle_worker_sleeps_instead_of_polling(aredis: aioredis.Redis) 
             await asyncio.wait_for(idle.wait(), 2.0)  # two idle seconds to observe
         # woken by its marker or once a second (IDLE_WAKE_SECONDS): not a busy loop
         assert broker.calls - before <= 4, broker.calls - before
+
+
+async def test_minor_progress_reports_are_capped(broker: Broker) -> None:
+    app = taskorch.App()
+
+    @app.handler("chatty", retry=taskorch.Retry(max_attempts=1))
+    async def chatty(ctx: taskorch.Context) -> None:
+        ctx.progress({"log": "x" * 20_000})
+
+    [task_id] = await enqueue(broker, "default", TaskRequest("chatty"))
+    async with serving(Worker(app, broker, namespace=NS, queues="default")):
+        done = await async_wait_for(lambda: ended(broker, task_id), what="it to fail")
+    assert done.error is not None and "over 16384" in done.error["message"]
+    assert done.progress is None
