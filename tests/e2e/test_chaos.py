@@ -117,5 +117,7 @@ def test_chaos_every_task_succeeds_none_lost_and_reruns_bounded_by_deaths(
     assert operator_restarted and redis_restarted and kills >= 4, figures
     assert set(runs) == uids, "a task ran that is not one of the Tasks, or one never ran"
     assert max(runs.values()) <= 1 + deaths, figures
-    # a dying worker can only have interrupted what it was running
-    assert reruns <= deaths * CONCURRENCY, figures
+    # A dying worker can only cost reruns of what it was running (at most CONCURRENCY) and of
+    # what had finished but was not yet settled (settlement and the next claim are one round
+    # trip per slot, so at most CONCURRENCY more).
+    assert reruns <= deaths * 2 * CONCURRENCY, figures
