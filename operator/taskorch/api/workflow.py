@@ -1,0 +1,181 @@
+"""Workflow: a DAG of steps (DESIGN §4). Steps are Redis tasks, not Task objects; their ids are
+`<workflow uid>.<step>[.<index>]`, so enqueueing is idempotent and an operator restart rebuilds
+the state from Redis.
+
+Not served as a CRD yet: the models and the pure engine (controller/dag.py) land first, the
+operator's glue and the CRD with it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, JsonValue, model_validator
+
+from taskorch.api.base import ApiModel, Condition, Duration
+from taskorch.api.task import Priority, RetryPolicy
+
+MAX_STEPS = 200
+MAX_FINALLY = 50
+StepName = Annotated[
+    str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?$")
+]
+
+
+class OnFailure(StrEnum):
+    failFast = "failFast"  # no new steps after a failure; running ones finish, then finally
+    continue_ = "continue"  # every branch that does not depend on the failure runs
+
+
+class WorkflowStep(ApiModel):
+    """One step: a task of `type` whose payload may reference upstream results."""
+
+    name: StepName = Field(description="Unique within the workflow (steps and finally).")
+    type: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        description="Handler that runs the step, as registered in the workers.",
+    )
+    payload: dict[str, JsonValue] | None = Field(
+        default=None,
+        description="The handler's input. A string `{{ steps.NAME.result.FIELD }}` is replaced "
+        "by that upstream result (keeping its JSON type when it is the whole string); in a "
+        "forEach step, `{{ item }}` and `{{ index }}` are the item and its position.",
+    )
+    depends_on: list[StepName] | None = Field(
+        default=None, max_length=MAX_STEPS, description="Steps that must succeed first."
+    )
+    when: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="A CEL condition over upstream results (`steps.NAME.result`); false skips "
+        "the step (reason ConditionFalse) and the steps that depend only on it.",
+    )
+    for_each: list[JsonValue] | str | None = Field(
+        default=None,
+        description="Fan out: a list, or a CEL expression over upstream results giving one; the "
+        "step runs once per item, its result is the list of the items' results in order.",
+    )
+    retry: RetryPolicy | None = Field(default=None, description="As a Task's spec.retry.")
+    timeout: Duration | None = Field(default=None, description="Limit on one attempt.")
+    queue: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Queue of the step's tasks; default: the workflow's queue.",
+    )
+    priority: Priority | None = None
+
+
+class WorkflowSpec(ApiModel):
+    steps: list[WorkflowStep] = Field(
+        min_length=1, max_length=MAX_STEPS, description="The DAG, by dependsOn."
+    )
+    finally_: list[WorkflowStep] | None = Field(
+        default=None,
+        alias="finally",
+        max_length=MAX_FINALLY,
+        description="Steps that run once every step ended, whatever happened (Argo's onExit); "
+        "they may depend on each other, not on the main steps.",
+    )
+    parallelism: int | None = Field(
+        default=None,
+        ge=1,
+        description="At most this many steps and forEach items at once; 1 runs them one at a "
+        "time (a sequential group).",
+    )
+    on_failure: OnFailure = Field(
+        default=OnFailure.failFast,
+        description="failFast: no new steps after a failure (running ones finish, then finally "
+        "runs); continue: every step that does not depend on a failed one runs.",
+    )
+    queue: str = Field(
+        default="default",
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+        description="Queue of every step that names none.",
+    )
+    priority: Priority = "normal"
+    deadline: Duration | None = Field(default=None, description="Limit on the whole workflow.")
+    suspend: bool = Field(default=False, description="Start no new steps while true.")
+    cancel: bool = Field(default=False, description="Set true to cancel the running steps.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the Workflow this long after it finished."
+    )
+
+    @model_validator(mode="after")
+    def _names_and_dependencies(self) -> WorkflowSpec:
+        # Also refused at admission by the CRD's CEL rules; the operator checks again (an
+        # older CRD, or a client that skipped admission) and finds cycles, which CEL cannot.
+        main = [s.name for s in self.steps]
+        final = [s.name for s in self.finally_ or []]
+        seen: set[str] = set()
+        for name in main + final:
+            if name in seen:
+                raise ValueError(f"step name {name!r} is used twice")
+            seen.add(name)
+        for group, names in (("steps", set(main)), ("finally", set(final))):
+            for step in self.steps if group == "steps" else self.finally_ or []:
+                for dep in step.depends_on or []:
+                    if dep == step.name:
+                        raise ValueError(f"{group} {step.name!r} depends on itself")
+                    if dep not in names:
+                        raise ValueError(
+                            f"{group} {step.name!r} depends on {dep!r}, which is not one of the "
+                            f"workflow's {group}"
+                        )
+        return self
+
+
+class WorkflowPhase(StrEnum):
+    Pending = "Pending"
+    Running = "Running"
+    Suspended = "Suspended"
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    Cancelled = "Cancelled"
+
+
+class StepPhase(StrEnum):
+    Pending = "Pending"  # waiting for its dependencies (or for capacity under parallelism)
+    Running = "Running"  # enqueued, not ended (queued, running or retrying items)
+    Succeeded = "Succeeded"
+    Failed = "Failed"
+    Skipped = "Skipped"
+    Cancelled = "Cancelled"
+
+
+TERMINAL_STEP_PHASES = frozenset(
+    {StepPhase.Succeeded, StepPhase.Failed, StepPhase.Skipped, StepPhase.Cancelled}
+)
+
+
+class StepFailure(ApiModel):
+    index: int | None = Field(default=None, description="The forEach item, if any.")
+    reason: str
+    message: str = ""
+
+
+class StepSummary(ApiModel):
+    """One step's state; bounded whatever its fan-out."""
+
+    name: str
+    phase: StepPhase
+    reason: str | None = None
+    items: int | None = Field(default=None, description="forEach: how many items.")
+    counts: dict[str, int] | None = Field(
+        default=None, description="forEach: items per phase (Succeeded, Running, Failed, …)."
+    )
+    failures: list[StepFailure] | None = Field(
+        default=None, max_length=5, description="The first few failed items or the failure."
+    )
+
+
+class WorkflowStatus(ApiModel):
+    phase: WorkflowPhase = WorkflowPhase.Pending
+    progress: str | None = Field(default=None, description="Steps ended / all steps, e.g. 2/3.")
+    conditions: list[Condition] | None = None
+    observed_generation: int | None = None
+    steps: list[StepSummary] | None = None
