@@ -123,3 +123,31 @@ def chaos(ctx: taskorch.Context, p: Sleep) -> str:
 def sleep_sync(ctx: taskorch.Context, p: Sleep) -> None:
     """A sync handler that ignores its timeout: its thread stays busy."""
     time.sleep(p.seconds)
+
+
+class Number(BaseModel):
+    value: int  # not "n": kubectl's YAML 1.1 reads a bare n as false
+
+
+@app.handler("square")
+async def square(ctx: taskorch.Context, p: Number) -> int:
+    await asyncio.sleep(0.05)
+    return p.value * p.value
+
+
+class Numbers(BaseModel):
+    values: list[int]
+
+
+@app.handler("total")
+async def total(ctx: taskorch.Context, p: Numbers) -> dict[str, int]:
+    return {"count": len(p.values), "sum": sum(p.values), "first": p.values[0]}
+
+
+class Verdict(BaseModel):
+    ok: bool
+
+
+@app.handler("verdict")
+async def verdict(ctx: taskorch.Context, p: Verdict) -> dict[str, bool]:
+    return {"ok": p.ok}

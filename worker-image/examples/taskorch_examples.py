@@ -29,3 +29,38 @@ async def process_image(ctx: taskorch.Context, job: ImageJob) -> dict[str, objec
 @app.handler("noop")
 async def noop(ctx: taskorch.Context) -> None:
     return None
+
+
+# The seed's image pipeline as workflow steps (examples/workflow.yaml): each passes a path on.
+
+
+class Download(BaseModel):
+    image_url: str = Field(min_length=1)
+
+
+@app.handler("download_image")
+async def download_image(ctx: taskorch.Context, job: Download) -> dict[str, object]:
+    await asyncio.sleep(0.01)  # stands in for the download
+    name = job.image_url.rstrip("/").rsplit("/", 1)[-1] or "image"
+    return {"path": f"/data/{ctx.task_id}/{name}"}
+
+
+class Resize(BaseModel):
+    path: str = Field(min_length=1)
+    width: int = Field(default=256, gt=0, le=8192)
+
+
+@app.handler("resize_image")
+async def resize_image(ctx: taskorch.Context, job: Resize) -> dict[str, object]:
+    await asyncio.sleep(0.01)
+    return {"path": f"{job.path}.{job.width}w.jpg", "width": job.width}
+
+
+class Upload(BaseModel):
+    path: str = Field(min_length=1)
+
+
+@app.handler("upload_image")
+async def upload_image(ctx: taskorch.Context, job: Upload) -> dict[str, object]:
+    await asyncio.sleep(0.01)
+    return {"url": f"s3://thumbnails/{job.path.rsplit('/', 1)[-1]}", "uploaded": job.path}

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from taskorch.api.base import GROUP, VERSION
 from taskorch.api.task import TaskSpec, TaskStatus
+from taskorch.api.workflow import WorkflowSpec, WorkflowStatus
 
 _DROP = {"title", "example", "examples"}
 
@@ -154,7 +155,25 @@ TASK = Kind(
     ],
 )
 
-KINDS = [TASK]
+WORKFLOW = Kind(
+    kind="Workflow",
+    plural="workflows",
+    # not "wf": Argo Workflows has it, and clusters run both
+    short_names=["twf"],
+    spec=WorkflowSpec,
+    status=WorkflowStatus,
+    description="A DAG of steps, each run as a task by taskorch workers; upstream results flow "
+    "into downstream payloads. The operator reports every step in status.",
+    columns=[
+        _col("Phase", ".status.phase"),
+        _col("Progress", ".status.progress"),
+        _col("Age", ".metadata.creationTimestamp", "date"),
+        _col("Duration", ".status.duration"),
+        _col("Reason", '.status.conditions[?(@.type=="Succeeded")].reason'),
+    ],
+)
+
+KINDS = [TASK, WORKFLOW]
 
 
 def render() -> str:

@@ -19,13 +19,14 @@ Priority = Annotated[
         description="high, normal or low, or 0–9 where 9 is the most urgent "
         "(high=8, normal=5, low=2). Ready work is claimed strictly from the highest priority down.",
         json_schema_extra={
+            "maxLength": 6,  # bounds CEL's cost estimate where many items carry a priority
             "x-kubernetes-validations": [
                 {
                     "rule": "type(self) == int ? (self >= 0 && self <= 9)"
                     " : self in ['high', 'normal', 'low']",
                     "message": "priority must be high, normal, low or an integer 0-9",
                 }
-            ]
+            ],
         },
     ),
 ]

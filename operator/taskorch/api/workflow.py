@@ -2,16 +2,17 @@
 `<workflow uid>.<step>[.<index>]`, so enqueueing is idempotent and an operator restart rebuilds
 the state from Redis.
 
-Not served as a CRD yet: the models and the pure engine (controller/dag.py) land first, the
-operator's glue and the CRD with it.
+The pure engine is controller/dag.py; the operator's glue controller/workflows.py.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field, JsonValue, model_validator
+from pydantic.config import JsonDict
 
 from taskorch.api.base import ApiModel, Condition, Duration
 from taskorch.api.task import Priority, RetryPolicy
@@ -31,6 +32,18 @@ class OnFailure(StrEnum):
 class WorkflowStep(ApiModel):
     """One step: a task of `type` whose payload may reference upstream results."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.dependsOn) || !(self.name in self.dependsOn)",
+                    "message": "a step cannot depend on itself",
+                    "fieldPath": ".dependsOn",
+                }
+            ]
+        }
+    }
+
     name: StepName = Field(description="Unique within the workflow (steps and finally).")
     type: str = Field(
         min_length=1,
@@ -45,7 +58,7 @@ class WorkflowStep(ApiModel):
         "forEach step, `{{ item }}` and `{{ index }}` are the item and its position.",
     )
     depends_on: list[StepName] | None = Field(
-        default=None, max_length=MAX_STEPS, description="Steps that must succeed first."
+        default=None, max_length=32, description="Steps that must succeed first."
     )
     when: str | None = Field(
         default=None,
@@ -69,14 +82,40 @@ class WorkflowStep(ApiModel):
     priority: Priority | None = None
 
 
+# Names unique per list (a list-map keyed by name: the API server refuses a duplicate itself).
+_BY_NAME: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
 class WorkflowSpec(ApiModel):
+    """A DAG of steps, run as Redis tasks. Immutable once created, except suspend and cancel."""
+
+    # Admission checks only what CEL can afford over 200 steps (its cost budget refuses an
+    # all-pairs dependsOn check): unknown dependencies and cycles are the operator's
+    # (InvalidSpec). Edits of the steps are ignored: the operator runs the spec it first saw.
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.finally) || self.finally.all(f, "
+                    "!self.steps.exists(s, s.name == f.name))",
+                    "message": "a finally step cannot reuse the name of a step",
+                    "fieldPath": ".finally",
+                },
+            ]
+        }
+    }
+
     steps: list[WorkflowStep] = Field(
-        min_length=1, max_length=MAX_STEPS, description="The DAG, by dependsOn."
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The DAG, by dependsOn.",
+        json_schema_extra=_BY_NAME,
     )
     finally_: list[WorkflowStep] | None = Field(
         default=None,
         alias="finally",
         max_length=MAX_FINALLY,
+        json_schema_extra=_BY_NAME,
         description="Steps that run once every step ended, whatever happened (Argo's onExit); "
         "they may depend on each other, not on the main steps.",
     )
@@ -98,11 +137,11 @@ class WorkflowSpec(ApiModel):
         description="Queue of every step that names none.",
     )
     priority: Priority = "normal"
-    deadline: Duration | None = Field(default=None, description="Limit on the whole workflow.")
-    suspend: bool = Field(default=False, description="Start no new steps while true.")
-    cancel: bool = Field(default=False, description="Set true to cancel the running steps.")
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the Workflow this long after it finished."
+    suspend: bool = Field(
+        default=False, description="Start no new steps while true; running ones go on."
+    )
+    cancel: bool = Field(
+        default=False, description="Set true to cancel: running steps are interrupted."
     )
 
     @model_validator(mode="after")
@@ -155,7 +194,7 @@ TERMINAL_STEP_PHASES = frozenset(
 class StepFailure(ApiModel):
     index: int | None = Field(default=None, description="The forEach item, if any.")
     reason: str
-    message: str = ""
+    message: str = Field(default="", max_length=1024)
 
 
 class StepSummary(ApiModel):
@@ -164,6 +203,10 @@ class StepSummary(ApiModel):
     name: str
     phase: StepPhase
     reason: str | None = None
+    message: str | None = Field(default=None, description="The failure, for a failed step.")
+    attempts: int | None = Field(default=None, description="Attempts of a plain step.")
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
     items: int | None = Field(default=None, description="forEach: how many items.")
     counts: dict[str, int] | None = Field(
         default=None, description="forEach: items per phase (Succeeded, Running, Failed, …)."
@@ -174,8 +217,20 @@ class StepSummary(ApiModel):
 
 
 class WorkflowStatus(ApiModel):
-    phase: WorkflowPhase = WorkflowPhase.Pending
+    """What happened, written by the operator only; bounded whatever the fan-out."""
+
+    phase: WorkflowPhase = Field(default=WorkflowPhase.Pending, description="Where it is now.")
     progress: str | None = Field(default=None, description="Steps ended / all steps, e.g. 2/3.")
-    conditions: list[Condition] | None = None
+    conditions: list[Condition] | None = Field(
+        default=None, description="Succeeded (True/False/Unknown; its reason says why)."
+    )
     observed_generation: int | None = None
-    steps: list[StepSummary] | None = None
+    start_time: datetime | None = Field(default=None, description="The first step's start.")
+    completion_time: datetime | None = None
+    duration: str | None = Field(default=None, description="Creation to completion.")
+    steps: list[StepSummary] | None = Field(default=None, description="Every step's state.")
+    result: JsonValue = Field(
+        default=None,
+        description="The results of the steps nothing depends on, by step name, when at most "
+        "4 KiB.",
+    )

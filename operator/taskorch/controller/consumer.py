@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
@@ -20,6 +21,7 @@ from taskorch.queue.model import TaskInfo, TaskRef
 
 log = logging.getLogger("taskorch.status")
 GROUP_NAME = "taskorch-operator"
+WorkflowCallback = Callable[[str, str, str], Awaitable[None]]  # namespace, name, uid
 
 
 class StatusWriter:
@@ -29,12 +31,14 @@ class StatusWriter:
         kube: KubeAPI,
         *,
         consumer: str,
+        workflows: WorkflowCallback | None = None,
         batch_window: float = 0.2,
         batch: int = 2000,
     ) -> None:
         self.broker = broker
         self.kube = kube
         self.consumer = consumer
+        self.workflows = workflows  # advances a Workflow whose steps changed
         self.batch_window = batch_window
         self.batch = batch
         self.inspector = Inspector(broker)
@@ -145,10 +149,26 @@ class StatusWriter:
                 entries.setdefault(ref, []).append((stream_key, entry_id))
         refs = list(tasks)
         infos = await self.broker.get_many(refs)
-        results = await asyncio.gather(
-            *(self._write(ref, info, tasks[ref]) for ref, info in zip(refs, infos, strict=True)),
+        results: list[BaseException | None] = list(
+            await asyncio.gather(
+                *(self._write(r, info, tasks[r]) for r, info in zip(refs, infos, strict=True)),
+                return_exceptions=True,
+            )
+        )
+        # Steps of workflows: one advance of each workflow per batch, after its steps' changes.
+        steps_of: dict[tuple[str, str, str], list[int]] = {}
+        for i, info in enumerate(infos):
+            if info is not None and info.workflow and self.workflows is not None:
+                name, _, uid = info.workflow.partition("/")
+                steps_of.setdefault((info.namespace, name, uid), []).append(i)
+        advanced = await asyncio.gather(
+            *(self.workflows(*w) for w in steps_of if self.workflows is not None),
             return_exceptions=True,
         )
+        for indices, outcome in zip(steps_of.values(), advanced, strict=True):
+            if isinstance(outcome, BaseException):
+                for i in indices:  # its steps' entries stay pending: advanced again later
+                    results[i] = outcome
         failed = [e for e in results if isinstance(e, BaseException)]
         if failed:
             log.warning("%d status writes failed; they will be retried: %s", len(failed), failed[0])

@@ -48,6 +48,7 @@ class StepState:
     """What the glue knows of a step: its recorded decisions and its items' Redis states."""
 
     condition: bool | None = None  # `when` as decided; None: not decided (or no `when`)
+    error: str | None = None  # why the step could not be started (a bad reference or CEL)
     items: int | None = None  # forEach: how many items, once expanded
     states: Mapping[int, State] = field(default_factory=dict)  # item index (0 if plain) → state
 
@@ -130,6 +131,8 @@ class _Group:
     ) -> StepView:
         if obs.states:
             return self._started(step, obs, stop_new)
+        if obs.error is not None:
+            return StepView(step.name, StepPhase.Failed, "InvalidReference", failed=(0,))
         deps = [self.views[d].phase for d in step.depends_on or [] if d in by_name]
         if any(p in (StepPhase.Failed, StepPhase.Cancelled) for p in deps):
             return StepView(step.name, StepPhase.Skipped, "UpstreamFailed")

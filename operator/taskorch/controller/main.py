@@ -11,7 +11,8 @@ from typing import Any
 
 import kopf
 
-from taskorch.controller import queue_metrics, tasks  # tasks registers the kopf handlers
+# tasks and workflows register their kopf handlers when imported
+from taskorch.controller import queue_metrics, tasks, workflows
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
@@ -60,8 +61,11 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         functools.partial(tasks.reenqueue, broker, kube),
         resync_seconds=settings.resync_seconds,
     )
-    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker)
-    writer = StatusWriter(broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}")
+    runner = workflows.WorkflowRunner(broker, kube)
+    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker, workflows=runner)
+    writer = StatusWriter(
+        broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}", workflows=runner.reconcile
+    )
     # Every loop the operator runs beside kopf, in one place: if one ends, the process stops
     # (and its Deployment restarts it) rather than run on with status never written again.
     loops = {

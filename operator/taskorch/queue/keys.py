@@ -41,6 +41,13 @@ def unique(namespace: str, queue: str, idempotency_key: str) -> str:
     return f"{prefix(namespace, queue)}u:{idempotency_key}"
 
 
+def workflow(namespace: str, uid: str) -> str:
+    """A Workflow's recorded decisions (the spec first seen, `when` answers, `forEach` items,
+    steps that could not start); written and read by the operator only, outside every queue's
+    slot (its steps may be on several queues)."""
+    return f"{ROOT}:{{{namespace}}}:wf:{uid}"
+
+
 def delayed(namespace: str, queue: str) -> str:
     return f"{prefix(namespace, queue)}delayed"
 

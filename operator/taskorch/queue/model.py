@@ -85,6 +85,7 @@ class TaskRequest:
     cr_name: str = ""
     generation: int = 0  # the CR's metadata.generation, echoed as status.observedGeneration
     redact: tuple[str, ...] = ()  # payload fields (from Secrets) kept out of every error text
+    workflow: str = ""  # "name/uid" of the Workflow this task is a step of
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ class TaskInfo:
     next_retry_ms: int | None = None
     cr_name: str = ""
     generation: int | None = None
+    workflow: str = ""  # "name/uid" of the Workflow this task is a step of
 
     @classmethod
     def from_hash(cls, namespace: str, queue: str, task_id: str, h: dict[str, str]) -> TaskInfo:
@@ -181,4 +183,5 @@ class TaskInfo:
             next_retry_ms=num("next_retry_ms"),
             cr_name=h.get("cr", ""),
             generation=num("gen"),
+            workflow=h.get("wf", ""),
         )

@@ -1,7 +1,8 @@
 -- enqueue(batch). ARGV: groups. A group is what its tasks share, then the tasks:
 --   count, type, prio, max_attempts, policy, timeout_ms, due_ms, delay_ms, deadline_ms,
---   ukey_ttl_ms, notify, cr, retention_s, gen, redact,   then count × (id, payload, idempotency key)
--- so a batch of one type sends 3 values a task, not 17 (see Broker.enqueue_many). due_ms is an
+--   ukey_ttl_ms, notify, cr, retention_s, gen, redact, wf,   then count × (id, payload, idem. key)
+-- so a batch of one type sends 3 values a task, not 18 (see Broker.enqueue_many). cr names the
+-- Task of a CR-backed task, wf ("name/uid") the Workflow of a step. due_ms is an
 -- absolute time (runAt); delay_ms is counted from Redis's clock, not the caller's.
 -- Idempotent: an existing task id, or a held idempotency key, returns the id already there.
 -- Zero and empty fields are not stored: readers treat a missing field as 0 / empty.
@@ -14,8 +15,8 @@ while i <= #ARGV do
   local count, ttype, prio, max_attempts = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local policy, timeout_ms, due, delay_ms = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   local deadline_ms, ukey_ttl, notify_flag, cr = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
-  local retention, gen, redact = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14]
-  i = i + 15
+  local retention, gen, redact, wf = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15]
+  i = i + 16
   if delay_ms > 0 then due = math.max(due, now + delay_ms) end
   local state = 'queued'
   if due > now then state = 'scheduled' end
@@ -35,6 +36,7 @@ while i <= #ARGV do
   opt('cr', cr)
   opt('gen', gen)
   opt('redact', redact)
+  opt('wf', wf)
   local ready = {}
   for j = i, i + 3 * count - 1, 3 do
     local id, payload, ukey = ARGV[j], ARGV[j + 1], ARGV[j + 2]

@@ -1,0 +1,290 @@
+"""Workflow glue: watch events and step changes in, step tasks and status out.
+
+Every decision is the pure engine's (dag.advance); this module reads what it needs from Redis,
+evaluates `when`/`forEach` (CEL), renders step payloads, enqueues step tasks and writes status.
+It is called for a Workflow's watch events and, through the status writer, whenever one of its
+steps changes state, so a step finishing advances its workflow within one status batch window.
+
+What the operator decided stays in Redis, in the workflow's hash (keys.workflow): the spec it
+first saw (later edits of the steps are ignored), each `when` answer, each `forEach` list and
+each step that could not start. With the step tasks' deterministic ids (`<uid>.<step>[.<i>]`)
+that is the whole state: an operator restart resumes from it. No finalizer: deleting a
+Workflow cancels its steps when the operator sees the deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import defaultdict
+from typing import Any, cast
+
+import kopf
+import redis.exceptions
+from pydantic import ValidationError
+
+from taskorch.api.base import GROUP, VERSION, duration_seconds
+from taskorch.api.reasons import Reason
+from taskorch.api.task import priority_level
+from taskorch.api.workflow import WorkflowSpec, WorkflowStep
+from taskorch.controller import expressions
+from taskorch.controller.dag import Advance, StepState, advance, find_cycle
+from taskorch.controller.kube import KubeAPI
+from taskorch.controller.status import epoch_seconds
+from taskorch.controller.templating import MissingReference, render
+from taskorch.controller.workflow_status import invalid_status, step_result, workflow_status
+from taskorch.queue import keys
+from taskorch.queue.broker import Broker
+from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef, TaskRequest, dumps, now_ms
+
+log = logging.getLogger("taskorch.workflows")
+RESOURCE = (GROUP, VERSION, "workflows")
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+LIVE_FIELDS = ("suspend", "cancel")  # the only spec fields read live; the rest as first seen
+
+
+def item_id(uid: str, step: str, index: int | None) -> str:
+    return f"{uid}.{step}" if index is None else f"{uid}.{step}.{index}"
+
+
+class WorkflowRunner:
+    def __init__(self, broker: Broker, kube: KubeAPI) -> None:
+        self.broker = broker
+        self.kube = kube
+        self.bodies: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
+        self.generations: dict[str, int] = {}  # uid -> generation last reconciled
+        self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.written: dict[str, dict[str, Any]] = {}  # uid -> status last written
+
+    # -- watch events ---------------------------------------------------------------------------
+
+    async def on_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        uid = meta["uid"]
+        if event_type == "DELETED":
+            self.bodies.pop(uid, None)
+            self.generations.pop(uid, None)
+            self.written.pop(uid, None)
+            await self._cancel_steps(meta["namespace"], body, uid)
+            return
+        self.bodies[uid] = body
+        generation = int(meta.get("generation") or 1)
+        # Status writes change no generation: only creation, a restart's listing and a change
+        # of suspend/cancel need a reconcile from here; steps changing come via the writer.
+        if self.generations.get(uid) != generation:
+            self.generations[uid] = generation
+            await self.reconcile(meta["namespace"], meta["name"], uid)
+
+    # -- reconcile ------------------------------------------------------------------------------
+
+    async def reconcile(self, namespace: str, name: str, uid: str) -> None:
+        async with self.locks[uid]:
+            body = self.bodies.get(uid) or await self.kube.get("workflows", namespace, name)
+            if body is None or body["metadata"]["uid"] != uid:
+                return  # deleted meanwhile
+            status = await self._reconcile(namespace, body)
+            if status != self.written.get(uid) and await self.kube.patch_status(
+                "workflows", namespace, name, uid, status
+            ):
+                self.written[uid] = status
+
+    async def _reconcile(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """The Workflow's status, after doing what the engine decided."""
+        meta, live = body["metadata"], body.get("spec") or {}
+        uid, generation = meta["uid"], meta.get("generation")
+        created_ms = int(epoch_seconds(meta["creationTimestamp"]) * 1000)
+        state_key = keys.workflow(namespace, uid)
+        saved = {_s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()}
+        first_seen = json.loads(saved["spec"]) if "spec" in saved else live
+        document = {**first_seen, **{f: live[f] for f in LIVE_FIELDS if f in live}}
+        try:
+            spec = WorkflowSpec.model_validate(document)
+        except ValidationError as e:
+            return invalid_status(Reason.InvalidSpec, str(e), generation, now_ms())
+        for group in (spec.steps, spec.finally_ or []):
+            if cycle := find_cycle(group):
+                message = "dependency cycle: " + " → ".join(cycle)
+                return invalid_status(Reason.InvalidSpec, message, generation, now_ms())
+        if "spec" not in saved:
+            kept = {k: v for k, v in live.items() if k not in LIVE_FIELDS}
+            await self.broker.redis.hset(state_key, "spec", dumps(kept))
+        steps = {s.name: s for s in [*spec.steps, *(spec.finally_ or [])]}
+        for _ in range(len(steps) + 2):  # each pass decides, or fails, at least one step
+            records = await self._records(namespace, spec, uid, steps, saved)
+            adv = advance(spec, _observed(steps, saved, records))
+            results = _results(steps, saved, records)
+            decided = self._decide(adv, steps, results) or await self._enqueue(
+                namespace, meta["name"], spec, uid, adv, steps, saved, results
+            )
+            if not decided:
+                break
+            await self.broker.redis.hset(state_key, mapping=cast("dict[Any, Any]", decided))
+            saved.update(decided)
+        if spec.cancel:
+            await self._cancel_steps(namespace, body, uid, spec, saved, records)
+        errors = {k.removeprefix("error:"): v for k, v in saved.items() if k.startswith("error:")}
+        return workflow_status(
+            spec, adv, records, results, errors, generation, created_ms, now_ms()
+        )
+
+    async def _records(
+        self,
+        namespace: str,
+        spec: WorkflowSpec,
+        uid: str,
+        steps: dict[str, WorkflowStep],
+        saved: dict[str, str],
+    ) -> dict[str, dict[int, TaskInfo]]:
+        refs: list[tuple[str, int, TaskRef]] = []
+        for name, step in steps.items():
+            queue = step.queue or spec.queue
+            if step.for_each is None:
+                refs.append((name, 0, TaskRef(namespace, queue, item_id(uid, name, None))))
+            elif f"items:{name}" in saved:
+                for i in range(len(json.loads(saved[f"items:{name}"]))):
+                    refs.append((name, i, TaskRef(namespace, queue, item_id(uid, name, i))))
+        infos = await self.broker.get_many([r for _, _, r in refs])
+        records: dict[str, dict[int, TaskInfo]] = {}
+        for (name, i, _), info in zip(refs, infos, strict=True):
+            if info is not None:
+                records.setdefault(name, {})[i] = info
+        return records
+
+    def _decide(
+        self, adv: Advance, steps: dict[str, WorkflowStep], results: dict[str, Any]
+    ) -> dict[str, str]:
+        """Evaluate the `when` and `forEach` the engine asks for; a failure fails the step."""
+        decided: dict[str, str] = {}
+        for name in adv.evaluate:
+            step = steps[name]
+            try:
+                if step.when and f"when:{name}" not in decided:
+                    decided[f"when:{name}"] = (
+                        "1" if expressions.condition(step.when, results) else "0"
+                    )
+                    if decided[f"when:{name}"] == "0" or step.for_each is None:
+                        continue
+                if isinstance(step.for_each, str):
+                    decided[f"items:{name}"] = dumps(expressions.items(step.for_each, results))
+                elif step.for_each is not None:
+                    decided[f"items:{name}"] = dumps(step.for_each)
+            except expressions.ExpressionError as e:
+                decided[f"error:{name}"] = str(e)
+        return decided
+
+    async def _enqueue(
+        self,
+        namespace: str,
+        name: str,
+        spec: WorkflowSpec,
+        uid: str,
+        adv: Advance,
+        steps: dict[str, WorkflowStep],
+        saved: dict[str, str],
+        results: dict[str, Any],
+    ) -> dict[str, str]:
+        """Enqueue what the engine says; returns the steps that failed to render (a missing
+        reference), which changes the engine's view."""
+        failed: dict[str, str] = {}
+        by_queue: defaultdict[str, list[TaskRequest]] = defaultdict(list)
+        for ref in adv.enqueue:
+            step = steps[ref.step]
+            items = json.loads(saved.get(f"items:{ref.step}", "[]"))
+            item = items[ref.item] if ref.item is not None else None
+            try:
+                payload = render(step.payload or {}, results, item, ref.item)
+            except MissingReference as e:
+                failed[f"error:{ref.step}"] = str(e)
+                continue
+            retry = step.retry.model_dump(by_alias=True, exclude_none=True) if step.retry else None
+            by_queue[step.queue or spec.queue].append(
+                TaskRequest(
+                    type=step.type,
+                    payload=payload,
+                    id=item_id(uid, ref.step, ref.item),
+                    priority=priority_level(step.priority or spec.priority),
+                    retry=retry,
+                    timeout=duration_seconds(step.timeout) if step.timeout else None,
+                    notify=True,
+                    workflow=f"{name}/{uid}",
+                )
+            )
+        for queue, requests in by_queue.items():
+            await self.broker.enqueue_many(namespace, queue, requests)
+        return failed
+
+    async def _cancel_steps(
+        self,
+        namespace: str,
+        body: dict[str, Any],
+        uid: str,
+        spec: WorkflowSpec | None = None,
+        saved: dict[str, str] | None = None,
+        records: dict[str, dict[int, TaskInfo]] | None = None,
+    ) -> None:
+        """Cancel every step task not ended (a deleted or cancelled Workflow)."""
+        try:
+            if spec is None or saved is None or records is None:
+                live = body.get("spec") or {}
+                state_key = keys.workflow(namespace, uid)
+                saved = {
+                    _s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()
+                }
+                document = json.loads(saved["spec"]) if "spec" in saved else live
+                spec = WorkflowSpec.model_validate(
+                    {k: v for k, v in document.items() if k not in LIVE_FIELDS}
+                )
+                steps = {s.name: s for s in [*spec.steps, *(spec.finally_ or [])]}
+                records = await self._records(namespace, spec, uid, steps, saved)
+            for recs in records.values():
+                for info in recs.values():
+                    if info.state not in TERMINAL:
+                        await self.broker.cancel(namespace, info.queue, info.id)
+        except (*REDIS_ERRORS, ValidationError) as e:
+            log.warning("could not cancel the steps of workflow %s/%s: %s", namespace, uid, e)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _observed(
+    steps: dict[str, WorkflowStep], saved: dict[str, str], records: dict[str, dict[int, TaskInfo]]
+) -> dict[str, StepState]:
+    observed = {}
+    for name in steps:
+        when = saved.get(f"when:{name}")
+        items = saved.get(f"items:{name}")
+        observed[name] = StepState(
+            condition=None if when is None else when == "1",
+            items=None if items is None else len(json.loads(items)),
+            error=saved.get(f"error:{name}"),
+            states={i: info.state for i, info in records.get(name, {}).items()},
+        )
+    return observed
+
+
+def _results(
+    steps: dict[str, WorkflowStep], saved: dict[str, str], records: dict[str, dict[int, TaskInfo]]
+) -> dict[str, Any]:
+    """Results of the steps that succeeded (every item, for a forEach step)."""
+    out: dict[str, Any] = {}
+    for name, step in steps.items():
+        recs = records.get(name, {})
+        total = (
+            len(json.loads(saved.get(f"items:{name}", "[]"))) if step.for_each is not None else 1
+        )
+        if len(recs) == total and all(r.state.value == "succeeded" for r in recs.values()):
+            out[name] = step_result(step.for_each is not None, recs, total)
+    return out
+
+
+@kopf.on.event(*RESOURCE)
+async def workflow_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Every watch event of a Workflow (no finalizer, no kopf bookkeeping on the object)."""
+    try:
+        await memo.workflows.on_event(event.get("type"), dict(body))
+    except REDIS_ERRORS as e:
+        meta = body["metadata"]
+        log.warning("workflow %s/%s: redis unavailable (%s)", meta["namespace"], meta["name"], e)
