@@ -135,7 +135,7 @@ def worker(
         try:
             await w.run()
         finally:
-            hung_threads = w.threads.hung
+            hung_threads = w.threads.busy
             await broker.close()
 
     failure = None
@@ -146,8 +146,9 @@ def worker(
         # Kubernetes restarts the worker.
         failure = f"taskorch worker stopped: {e}"
     if hung_threads:
-        # Python joins every pool thread at exit: a sync handler that ignored its timeout would
-        # keep a drained (or failed) worker alive until it returns. Its attempt is over.
+        # Python joins every pool thread at exit: a sync handler that ignored its timeout, or
+        # whose lease was lost, would keep the worker alive until it returns. Its attempt is
+        # over (timed out, released, or owned by another worker now).
         logging.getLogger("taskorch.worker").warning(
             "exiting without waiting for %d hung handler thread(s)", hung_threads
         )

@@ -100,7 +100,15 @@ class Client:
         field, for options the Task CRD would refuse or a payload over 64 KiB as JSON."""
         spec = validated_options(type, queue or self.queue, priority, retry, timeout, delay)
         policy = spec.retry.model_dump(by_alias=True, exclude_none=True) if spec.retry else None
-        ukeys = iter(idempotency_keys) if idempotency_keys is not None else None
+        payloads = list(payloads)
+        keys: list[str | None] = [None] * len(payloads)
+        if idempotency_keys is not None:
+            keys = list(idempotency_keys)
+            if len(keys) != len(payloads):
+                raise InvalidTask(f"{len(keys)} idempotency keys for {len(payloads)} payloads")
+            too_long = next((k for k in keys if k is not None and len(k) > 256), None)
+            if too_long is not None:
+                raise InvalidTask(f"idempotency key {too_long[:40]!r}… is over 256 characters")
         requests = [
             TaskRequest(
                 type=spec.type,
@@ -109,9 +117,9 @@ class Client:
                 retry=policy,
                 timeout=timeout,
                 delay=delay,
-                idempotency_key=next(ukeys) if ukeys else None,
+                idempotency_key=k,
             )
-            for p in payloads
+            for p, k in zip(payloads, keys, strict=True)
         ]
         ids: list[str] = []
         for i in range(0, len(requests), batch_size):

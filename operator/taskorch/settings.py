@@ -25,6 +25,12 @@ class Settings(BaseSettings):
         description="Connect to a Redis Cluster (every queue's keys live in one slot); also "
         "chosen by a redis+cluster:// or rediss+cluster:// URL.",
     )
+    redis_socket_timeout: float = Field(
+        default=10.0,
+        gt=1,
+        description="Seconds a Redis call may take before it fails: a silent connection (a "
+        "partition, a vanished primary) must not hang a heartbeat.",
+    )
     namespace: str = Field(default="default", description="Kubernetes namespace of the queues.")
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease on a running attempt.")
     max_recoveries: int = Field(default=3, ge=0, description="Lost-worker recoveries per task.")

@@ -133,7 +133,8 @@ async def test_a_worker_that_cannot_renew_its_leases_exits_non_zero(
     client: taskorch.Client, redis_url: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     worker = start_worker(redis_url, NS, tmp_path / "w.log", TASKORCH_LEASE_SECONDS="1")
-    task_id = await client.enqueue("slow", {"seconds": 60})
+    # a sync handler: its thread must not keep the stopped worker alive
+    task_id = await client.enqueue("sleep_sync", {"seconds": 60})
     await async_wait_for(
         lambda: _is(client, task_id, State.active), timeout=30, what="the task to run"
     )
@@ -141,7 +142,7 @@ async def test_a_worker_that_cannot_renew_its_leases_exits_non_zero(
     assert worker.process is not None
     exit_code = await asyncio.to_thread(worker.process.wait, 30)
     assert exit_code == 1, worker.logs()
-    assert "could not renew leases" in worker.logs()
+    assert "could not renew leases" in worker.logs() and "hung handler thread" in worker.logs()
 
 
 async def _is(client: taskorch.Client, task_id: str, state: State) -> bool:

@@ -236,3 +236,18 @@ def test_handler_decorator_keeps_the_function_and_apps_compose() -> None:
     assert sorted(one.handlers) == ["add", "sub"]
     with pytest.raises(ValueError, match="twice"):
         one.handler("add")(add)
+
+
+def test_14_redaction_catches_escaped_forms_and_survives_the_cut() -> None:
+    pem = "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----"
+    try:
+        raise KeyError(pem)  # str(KeyError) is the repr: newlines as \\n
+    except KeyError as e:
+        record = error_record(e, "HandlerError", [pem])
+    assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in json.dumps(record)
+    long_secret = "s" * 3000  # longer than the traceback tail: nothing of it may remain
+    try:
+        raise ValueError(f"bad token {long_secret}")
+    except ValueError as e:
+        record = error_record(e, "HandlerError", [long_secret])
+    assert "sss" not in record["traceback"] and "sss" not in record["message"]

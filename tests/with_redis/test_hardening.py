@@ -10,7 +10,6 @@ from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 import taskorch
 from taskorch.queue import keys
@@ -162,9 +161,11 @@ async def test_12_a_failed_registry_write_is_retried_by_the_next_enqueue(
     broker: Broker, aredis: aioredis.Redis
 ) -> None:
     await aredis.set(keys.QUEUES, "not a set")  # SADD on it fails with WRONGTYPE
-    with pytest.raises(redis.exceptions.ResponseError):
-        await broker.enqueue_many(NS, Q, [TaskRequest("t", id="a")])
+    # The task is enqueued all the same (raising would make the caller enqueue it twice)...
+    assert await broker.enqueue_many(NS, Q, [TaskRequest("t", id="a")]) == ["a"]
+    assert await aredis.exists(keys.registered(NS, Q)) == 0
     await aredis.delete(keys.QUEUES)
+    # ...and the next enqueue registers the queue.
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id="b")])
     assert await Inspector(broker).queues() == [(NS, Q)]
 
@@ -255,3 +256,32 @@ async def test_11_the_dlq_retention_is_kept_by_claims_too(aredis: aioredis.Redis
     await broker.settle_claim(NS, Q, "w", [], 1)  # no new dead task: a plain claim
     assert await Inspector(broker).dead_ids(NS, Q) == []
     assert await aredis.exists(keys.task(NS, Q, "old")) == 0
+
+
+async def test_a_task_lost_by_redis_whose_key_survived_is_enqueued_again(broker: Broker) -> None:
+    await broker.enqueue_many(NS, Q, [TaskRequest("t", id="x", idempotency_key="k")])
+    await broker.redis.delete(keys.task(NS, Q, "x"))  # the task's data lost, its key kept
+    assert await broker.enqueue_many(NS, Q, [TaskRequest("t", id="x", idempotency_key="k")]) == [
+        "x"
+    ]
+    assert await state(broker, "x") is State.queued
+
+
+async def test_a_mass_cancel_is_dropped_over_several_bounded_claims(broker: Broker) -> None:
+    ids = [f"c{i}" for i in range(1500)]
+    await broker.enqueue_many(NS, Q, [TaskRequest("t", id=i) for i in ids])
+    await broker.enqueue_many(NS, Q, [TaskRequest("t", id="real")])
+    for i in ids:
+        await broker.cancel(NS, Q, i)
+    first = await broker.settle_claim(NS, Q, "w", [], 1)
+    assert first.claimed == []  # 1000 cancelled ids dropped, then the call returns
+    second = await broker.settle_claim(NS, Q, "w", [], 1)
+    assert [c.id for c in second.claimed] == ["real"]
+
+
+async def test_11_sdk_idempotency_keys_are_checked(redis_url: str) -> None:
+    async with taskorch.Client(redis_url, namespace=NS) as c:
+        with pytest.raises(taskorch.InvalidTask, match="2 idempotency keys for 3 payloads"):
+            await c.enqueue_many("t", [1, 2, 3], idempotency_keys=["a", "b"])
+        with pytest.raises(taskorch.InvalidTask, match="over 256"):
+            await c.enqueue_many("t", [1], idempotency_keys=["k" * 300])

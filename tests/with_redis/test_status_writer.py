@@ -27,6 +27,7 @@ class FakeKube:
     """Records status patches; the first `failures` calls fail as an unreachable API would."""
 
     failures: int = 0
+    poison: str = ""  # a Task whose every write fails (an admission webhook refusing it, say)
     calls: int = 0
     statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
@@ -37,6 +38,8 @@ class FakeKube:
         self.calls += 1
         if self.calls <= self.failures:
             raise ConnectionRefusedError("the API server is down")
+        if name == self.poison:
+            raise ConnectionRefusedError(f"{name} is refused, always")
         self.statuses[name] = status
         return True
 
@@ -111,3 +114,22 @@ async def test_restarted_operator_adopts_what_its_predecessor_never_acked(
 
 async def _none_pending(broker: Broker) -> bool:
     return await pending(broker) == 0
+
+
+async def test_a_status_that_never_lands_neither_blocks_others_nor_stays_for_ever(
+    broker: Broker, writers: list[asyncio.Task[None]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("taskorch.controller.consumer.MAX_WRITE_ATTEMPTS", 3)
+    kube = FakeKube(poison="cr-bad")
+    await run_to_success(broker, "bad")
+    start(broker, kube, "op-1", writers)
+    await async_wait_for(lambda: _one_write_failed(kube), what="the poisoned write to fail")
+    await run_to_success(broker, "good")  # arrives while the poisoned one is being retried
+    status = await async_wait_for(lambda: kube.status_of("cr-good"), timeout=20, what="cr-good")
+    assert status["phase"] == "Succeeded"
+    await async_wait_for(lambda: _none_pending(broker), timeout=20, what="the poison given up")
+    assert "cr-bad" not in kube.statuses
+
+
+async def _one_write_failed(kube: FakeKube) -> bool:
+    return kube.calls >= 1

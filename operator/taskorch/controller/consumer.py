@@ -21,6 +21,7 @@ from taskorch.queue.model import TaskInfo, TaskRef
 
 log = logging.getLogger("taskorch.status")
 GROUP_NAME = "taskorch-operator"
+MAX_WRITE_ATTEMPTS = 10
 WorkflowCallback = Callable[[str, str, str], Awaitable[None]]  # namespace, name, uid
 
 
@@ -44,29 +45,34 @@ class StatusWriter:
         self.inspector = Inspector(broker)
         self.streams: dict[str, str] = {}  # stream key -> "ns/queue"
         self.write_limit = asyncio.Semaphore(16)
+        self.failures: dict[TaskRef, int] = {}  # failed writes per task, until one lands
 
     async def run(self) -> None:
         backoff = 0.2
         while True:
             try:
                 # Entries delivered before a crash, or whose status write failed, stay pending
-                # (unacked); they are read again ("0") before new ones (">").
+                # (unacked) and are read again ("0"), each round before the new ones (">"),
+                # which keep flowing while one task's write keeps failing.
                 retry_pending = True
                 while True:
                     await self._refresh_streams()
-                    got_any, failed, full = await self._consume(pending=retry_pending)
-                    if failed:
+                    failed = full = False
+                    if retry_pending:
+                        got_any, failed, _ = await self._consume(pending=True)
+                        retry_pending = failed or got_any  # until a read finds none pending
+                    _, failed_new, full = await self._consume(pending=False)
+                    retry_pending = retry_pending or failed_new
+                    if failed or failed_new:
                         await asyncio.sleep(backoff)  # the API server may be down: back off
                         backoff = min(backoff * 2, 5.0)
                     else:
                         backoff = 0.2
-                    if not failed and not full:
+                    if not full:
                         # The pause lets a task's quick succession of changes (queued, running,
                         # succeeded) coalesce into one status write; a full batch means more
                         # is waiting: read on at once.
                         await asyncio.sleep(self.batch_window)
-                    # Stay on the pending entries until they are all written and acked.
-                    retry_pending = failed or (retry_pending and got_any)
             except redis.exceptions.ResponseError as e:
                 if "NOGROUP" in str(e):
                     log.warning("redis lost the consumer groups (restarted empty?); recreating")
@@ -172,7 +178,21 @@ class StatusWriter:
         failed = [e for e in results if isinstance(e, BaseException)]
         if failed:
             log.warning("%d status writes failed; they will be retried: %s", len(failed), failed[0])
-        written = [None, *(ref for ref, e in zip(refs, results, strict=True) if e is None)]
+        written: list[TaskRef | None] = [None]
+        for ref, error in zip(refs, results, strict=True):
+            if error is None:
+                self.failures.pop(ref, None)
+                written.append(ref)
+            elif (tries := self.failures.get(ref, 0) + 1) >= MAX_WRITE_ATTEMPTS:
+                # Given up on (acked), so that it cannot hold up the stream for ever; the
+                # tracker's resync still rewrites a quiet Task from its record.
+                log.error(
+                    "giving up on the status of %s after %d failed writes: %r", ref, tries, error
+                )
+                self.failures.pop(ref, None)
+                written.append(ref)
+            else:
+                self.failures[ref] = tries
         async with self.broker.redis.pipeline(transaction=False) as p:
             for key in written:
                 for stream_key, entry_id in entries.get(key, []):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from taskorch.errors import InvalidTask
 from taskorch.queue import keys
@@ -27,6 +30,7 @@ from taskorch.queue.scripts import Scripts
 from taskorch.settings import Settings
 
 CLAIM_FIELDS = 10  # per claimed task in settle_claim's reply
+log = logging.getLogger("taskorch.queue")
 
 
 def _s(v: Any) -> str:
@@ -113,8 +117,14 @@ class Broker:
         the queue's slot (Redis Cluster), so the script cannot write it; the queue's own
         `registered` key is set only after the SADD landed, so a failed SADD is retried by the
         next enqueue instead of leaving the queue unseen for ever."""
-        await self.redis.sadd(keys.QUEUES, keys.queue_ref(namespace, queue))
-        await self.redis.set(keys.registered(namespace, queue), "1")
+        try:
+            await self.redis.sadd(keys.QUEUES, keys.queue_ref(namespace, queue))
+            await self.redis.set(keys.registered(namespace, queue), "1")
+        except RedisError as e:
+            # The tasks are enqueued: raising would make a caller enqueue them again.
+            log.warning(
+                "could not register queue %s/%s (the next enqueue will): %s", namespace, queue, e
+            )
 
     async def settle_claim(
         self,

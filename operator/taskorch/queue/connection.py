@@ -23,6 +23,9 @@ def connect(url: str, settings: Settings, **kw: Any) -> RedisClient:
         kw.setdefault("password", settings.redis_password.get_secret_value())
     if settings.redis_tls_ca_file:
         kw.setdefault("ssl_ca_certs", settings.redis_tls_ca_file)
+    kw.setdefault("socket_timeout", settings.redis_socket_timeout)
+    kw.setdefault("socket_connect_timeout", settings.redis_socket_timeout)
+    kw.setdefault("socket_keepalive", True)
     scheme, sep, rest = url.partition("://")
     if scheme in CLUSTER_SCHEMES or settings.redis_cluster:
         kw.pop("health_check_interval", None)  # not a cluster client option

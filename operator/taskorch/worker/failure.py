@@ -4,6 +4,7 @@ kept out, since it ends up in the Task's status, history and Events."""
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Iterable
 from typing import Any
@@ -24,25 +25,34 @@ def _validation_message(e: ValidationError) -> str:
     return f"{e.error_count()} validation error(s) for {e.title}: " + "; ".join(parts)
 
 
+def _forms(secret: str) -> set[str]:
+    """The ways a value shows up in error text: as is, as repr() and JSON write it (a PEM's
+    newlines become \\n), and line by line."""
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    forms |= {line for line in secret.splitlines() if len(line.strip()) >= 4}
+    return {f for f in forms if f}
+
+
 def redact(text: str, secrets: Iterable[str]) -> str:
-    for s in secrets:
-        if s:
-            text = text.replace(s, REDACTED)
+    forms = sorted(set().union(*(_forms(s) for s in secrets)), key=len, reverse=True)
+    for form in forms:  # the longest first, so a value is replaced before any of its parts
+        text = text.replace(form, REDACTED)
     return text
 
 
 def error_record(exc: BaseException, reason: str, secrets: Iterable[str] = ()) -> dict[str, Any]:
-    secrets = sorted(set(secrets), key=len, reverse=True)  # a longer secret before its prefix
+    secrets = [s for s in secrets if s]
     if isinstance(exc, ValidationError):
         message, tb = _validation_message(exc), None
     else:
         message = str(exc)
-        tb = "".join(traceback.format_exception(exc))[-TRACEBACK_TAIL:]
+        tb = "".join(traceback.format_exception(exc))
+    # Redacted before it is cut: a secret across the cut would leave its tail.
     return {
         "type": type(exc).__name__,
         "message": redact(message, secrets)[:MESSAGE_CAP],
         "reason": reason,
-        "traceback": redact(tb, secrets) if tb else None,
+        "traceback": redact(tb, secrets)[-TRACEBACK_TAIL:] if tb else None,
     }
 
 

@@ -196,7 +196,7 @@ class Worker:
         return len(result.claimed)
 
     async def _settle_one_by_one(self, queue: str, settlements: list[Settlement]) -> None:
-        for st in settlements:
+        for i, st in enumerate(settlements):
             try:
                 await self.broker.settle_claim(self.namespace, queue, self.name, [st], 0)
                 continue
@@ -205,6 +205,9 @@ class Worker:
                     self.pending[queue].append(st)
                     continue
                 error = e
+            except BaseException:
+                self.pending[queue] += settlements[i:]  # unreachable: settle the rest later
+                raise
             log.error("settlement of %s refused by the queue (%s): dead-lettering it", st.id, error)
             refused = dumps(
                 {
@@ -268,23 +271,24 @@ class Worker:
                 await asyncio.sleep(1.0)
 
     async def _heartbeat(self) -> None:
-        """Renew the leases of running attempts every third of a lease. While Redis refuses, keep
-        trying; once the leases have expired, other workers may run those tasks, so stop
-        (LeasesLost) instead of running them twice."""
+        """Renew the leases of running attempts every third of a lease, each renewal bounded by
+        that third. While Redis refuses or hangs, keep trying; before the leases expire (after
+        two thirds of a lease without a renewal, the last chance), stop (LeasesLost) rather than
+        run tasks that other workers are about to take."""
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                await self._renew_leases()
+                await asyncio.wait_for(self._renew_leases(), self.lease / 3)
                 renewed = time.monotonic()
-            except redis.exceptions.RedisError as e:
+            except (redis.exceptions.RedisError, TimeoutError) as e:
                 silent = time.monotonic() - renewed
-                if self.running and silent >= self.lease:
+                if self.running and silent >= self.lease * 2 / 3:
                     raise LeasesLost(
-                        f"could not renew leases for {silent:.1f}s, longer than a lease "
-                        f"({self.lease}s); last error: {e}"
+                        f"could not renew leases for {silent:.1f}s, two thirds of a lease "
+                        f"({self.lease}s); last error: {e!r}"
                     ) from e
-                log.warning("heartbeat failed (%s); leases expire in %.1fs", e, self.lease - silent)
+                log.warning("heartbeat failed (%r); leases expire in %.1fs", e, self.lease - silent)
             if not self.running:
                 renewed = time.monotonic()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +35,8 @@ class HandlerThreads:
         self.size = size
         self.pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="handler")
         self.hung = 0
+        self.busy = 0  # threads running a handler now, hung or not
+        self._count_lock = threading.Lock()
         self._on_release = on_release  # a hung thread came back: capacity to claim with
 
     async def call(self, func: Callable[[], Any], timeout: float | None) -> Any:
@@ -43,6 +46,8 @@ class HandlerThreads:
 
         def run() -> Any:
             call.started = True
+            with self._count_lock:
+                self.busy += 1
             loop.call_soon_threadsafe(started.set)
             try:
                 return func()
@@ -73,6 +78,8 @@ class HandlerThreads:
 
     def _returned(self, call: _Call) -> None:
         call.returned = True
+        with self._count_lock:
+            self.busy -= 1
         if call.hung:
             self.hung -= 1
             metrics.HUNG_THREADS.set(self.hung)

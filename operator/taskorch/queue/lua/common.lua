@@ -41,6 +41,8 @@ local function read_limits(i)
 end
 
 -- Wake one blocked worker; the claim that follows wakes the next if work remains.
+-- (Also when delayed work is promoted: every idle worker gets its chance at it, not only the
+-- one whose claim found it due.)
 local function wake()
   if redis.call('LLEN', key.marker) == 0 then redis.call('RPUSH', key.marker, '1') end
 end

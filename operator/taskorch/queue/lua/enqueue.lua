@@ -4,7 +4,8 @@
 -- so a batch of one type sends 3 values a task, not 18 (see Broker.enqueue_many). cr names the
 -- Task of a CR-backed task, wf ("name/uid") the Workflow of a step. due_ms is an
 -- absolute time (runAt); delay_ms is counted from Redis's clock, not the caller's.
--- Idempotent: an existing task id, or a held idempotency key, returns the id already there.
+-- Idempotent: an existing task id, or a key held by another id, returns the id already there
+-- (a key held by this very id whose task Redis lost is enqueued again).
 -- Zero and empty fields are not stored: readers treat a missing field as 0 / empty.
 -- Returns {1 if the queue is not yet in the registry (the caller adds it), the ids}.
 local unregistered = redis.call('EXISTS', key.registered) == 0 and 1 or 0
@@ -44,7 +45,7 @@ while i <= #ARGV do
     if ukey ~= '' and not redis.call('SET', key.unique(ukey), id, 'NX', 'PX', ukey_ttl) then
       held = redis.call('GET', key.unique(ukey))
     end
-    if held then
+    if held and held ~= id then
       out[#out + 1] = held
     elseif redis.call('EXISTS', key.task(id)) == 1 then
       out[#out + 1] = id

@@ -77,7 +77,9 @@ local claimed = {}
 local paused = redis.call('EXISTS', key.paused) == 1
 if n > 0 and not paused then
   -- Due delayed work (runAt, retry backoff, hand-backs) becomes ready.
-  for _, id in ipairs(redis.call('ZRANGE', key.delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)) do
+  local due = redis.call('ZRANGE', key.delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)
+  if #due > 0 then wake() end
+  for _, id in ipairs(due) do
     redis.call('ZREM', key.delayed, id)
     local prio = redis.call('HGET', key.task(id), 'prio')
     if prio then
@@ -87,16 +89,19 @@ if n > 0 and not paused then
       notify(id, 'queued')
     end
   end
+  -- Ids cancelled while queued are dropped here, lazily: at most MAX_SKIPS a call, so a mass
+  -- cancel costs many short claims, never one that stalls Redis.
+  local MAX_SKIPS, skipped = 1000, 0
   for p = 9, 0, -1 do
     local list = key.ready(p)
-    while #claimed < n * CLAIM_FIELDS do
+    while #claimed < n * CLAIM_FIELDS and skipped < MAX_SKIPS do
       local id = redis.call('LPOP', list)
       if not id then break end
       local t = key.task(id)
       local f = redis.call('HMGET', t, 'state', 'deadline_ms')
       local deadline = tonumber(f[2]) or 0
       if f[1] ~= 'queued' then
-        -- cancelled (or expired) while queued: dropped lazily here
+        skipped = skipped + 1
       elseif deadline > 0 and now > deadline then
         dead_letter(id, cjson.encode({type = 'DeadlineExceeded', reason = 'DeadlineExceeded',
           message = 'the task deadline passed before an attempt could start'}), limits)
@@ -115,9 +120,9 @@ if n > 0 and not paused then
         for j = 1, 7 do claimed[#claimed + 1] = v[j] or '' end
       end
     end
-    if #claimed >= n * CLAIM_FIELDS then break end
+    if #claimed >= n * CLAIM_FIELDS or skipped >= MAX_SKIPS then break end
   end
-  if #claimed >= n * CLAIM_FIELDS then
+  if #claimed >= n * CLAIM_FIELDS or skipped >= MAX_SKIPS then
     for p = 9, 0, -1 do
       if redis.call('LLEN', key.ready(p)) > 0 then wake() break end
     end
