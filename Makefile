@@ -57,7 +57,7 @@ unit: tools ## unit tests only
 	$(PY) -m pytest tests/unit
 
 .PHONY: dev
-dev: tools ## local control plane + Redis + operator + example worker, and the example Task applied
+dev: tools ## local control plane + Redis + operator + example worker; the example Task and Workflow applied
 	tests/tools/cluster.sh up $(DEV_CLUSTER) $(STATE)/kubeconfig
 	tests/tools/redis.sh up $(STATE)/redis
 	$(KUBECTL) apply --server-side -f crds/
@@ -68,6 +68,8 @@ dev: tools ## local control plane + Redis + operator + example worker, and the e
 	  $(CURDIR)/$(VENV)/bin/taskorch worker --app taskorch_examples:app --queues default
 	$(KUBECTL) apply -f examples/task.yaml
 	$(KUBECTL) wait --for=condition=Succeeded task/resize-1 --timeout=60s
+	$(KUBECTL) apply -f examples/workflow.yaml
+	$(KUBECTL) wait --for=condition=Succeeded workflow/image-processing-pipeline --timeout=60s
 	@echo
 	@echo "  export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig PATH=$(TASKORCH_TOOLS_BIN):\$$PATH"
 	@echo "  export TASKORCH_REDIS_URL=$$(cat $(STATE)/redis/url)"

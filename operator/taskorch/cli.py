@@ -337,5 +337,34 @@ def resume(redis_url: str | None, namespace: str, queue: str) -> None:
     click.echo(f"resumed {namespace}/{queue}")
 
 
+@main.group()
+def workflow() -> None:
+    """Look at and retry Workflows (uses your kubeconfig, like kubectl)."""
+
+
+@workflow.command("get")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.option("--watch", "-w", is_flag=True, help="Redraw on every change until it ends.")
+@click.argument("name")
+def workflow_get(namespace: str, name: str, watch: bool) -> None:
+    """Show workflow NAME's steps as a tree, with their phases."""
+    from taskorch import workflow_cli
+
+    workflow_cli.get(namespace, name, watch)
+
+
+@workflow.command("retry")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.argument("name")
+def workflow_retry(namespace: str, name: str) -> None:
+    """Retry workflow NAME from the point of failure: failed steps (and what they skipped, and
+    finally) run again; succeeded steps keep their results. Sets the taskorch.io/retry
+    annotation, which GitOps users can set themselves."""
+    from taskorch import workflow_cli
+
+    workflow_cli.retry(namespace, name)
+    click.echo(f"workflow {namespace}/{name}: retry requested")
+
+
 if __name__ == "__main__":
     main()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -368,3 +370,50 @@ def test_operator_restart_mid_workflow_runs_no_step_twice(
         op.kill()
     r = redis.Redis.from_url(redis_url)
     assert [r.get(f"runs:{w['metadata']['uid']}.{n}") for n in names] == [b"1"] * 6
+
+
+def test_retry_from_failure_reruns_only_what_failed_and_the_cli_draws_the_tree(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers()
+    apply_workflow(
+        cluster,
+        namespace,
+        "retryable",
+        {
+            "steps": [
+                {"name": "first", "type": "count"},
+                {
+                    "name": "flaky",
+                    "type": "fail_until_flag",
+                    "dependsOn": ["first"],
+                    "retry": {"maxAttempts": 1},
+                },
+                {"name": "last", "type": "count", "dependsOn": ["flaky"]},
+            ],
+            "finally": [{"name": "notify", "type": "count"}],
+        },
+    )
+    failed = wait_workflow(cluster, namespace, "retryable", "Failed")
+    uid = failed["metadata"]["uid"]
+    redis.Redis.from_url(redis_url).set(f"flag:{uid}.flaky", 1)
+
+    def cli(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "taskorch.cli", "workflow", *args, "-n", namespace],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=cluster.env,
+        ).stdout
+
+    assert "retry requested" in cli("retry", "retryable")
+    done = wait_workflow(cluster, namespace, "retryable", "Succeeded")
+    r = redis.Redis.from_url(redis_url)
+    runs = {s: r.get(f"runs:{uid}.{s}") for s in ("first", "last", "notify")}
+    assert runs == {"first": b"1", "last": b"1", "notify": b"2"}  # finally ran again, first not
+    assert done["status"]["progress"] == "4/4"
+    tree = cli("get", "retryable")
+    assert tree.splitlines()[0].startswith("retryable  Succeeded  4/4")
+    assert "└─ first  Succeeded" in tree and "      └─ last  Succeeded" in tree
+    assert "finally:" in tree and "notify  Succeeded" in tree

@@ -72,6 +72,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         "status-writer": writer.run(),
         "tracker": tracker.run(),
         "queue-metrics": queue_metrics.run(broker),
+        "workflow-resync": runner.run(settings.resync_seconds),
     }
     try:
         await run_supervised(

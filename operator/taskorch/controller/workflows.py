@@ -42,6 +42,9 @@ log = logging.getLogger("taskorch.workflows")
 RESOURCE = (GROUP, VERSION, "workflows")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 LIVE_FIELDS = ("suspend", "cancel")  # the only spec fields read live; the rest as first seen
+# Set (to any new value) to retry a failed Workflow from the point of failure, GitOps-style;
+# `taskorch workflow retry NAME` sets it to the time.
+RETRY_ANNOTATION = "taskorch.io/retry"
 
 
 def item_id(uid: str, step: str, index: int | None) -> str:
@@ -70,11 +73,64 @@ class WorkflowRunner:
             return
         self.bodies[uid] = body
         generation = int(meta.get("generation") or 1)
-        # Status writes change no generation: only creation, a restart's listing and a change
-        # of suspend/cancel need a reconcile from here; steps changing come via the writer.
+        retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+        if retry and await self._retry(meta["namespace"], uid, retry):
+            self.generations.pop(uid, None)
+        # Status writes change no generation: only creation, a restart's listing, a change of
+        # suspend/cancel and a retry need a reconcile from here; steps changing come via the
+        # status writer, and the resync loop catches what an outage made us miss.
         if self.generations.get(uid) != generation:
             self.generations[uid] = generation
             await self.reconcile(meta["namespace"], meta["name"], uid)
+
+    async def run(self, resync_seconds: float) -> None:
+        """Reconcile every Workflow not ended, every `resync_seconds`: a reconcile that an
+        outage interrupted (Redis, the API server) is never left waiting for an event."""
+        while True:
+            await asyncio.sleep(resync_seconds)
+            for uid, body in list(self.bodies.items()):
+                phase = self.written.get(uid, {}).get("phase")
+                if phase in ("Succeeded", "Failed", "Cancelled"):
+                    continue
+                meta = body["metadata"]
+                try:
+                    await self.reconcile(meta["namespace"], meta["name"], uid)
+                except Exception:  # one Workflow's trouble must not stop the others' resync
+                    log.exception(
+                        "resync of workflow %s/%s failed", meta["namespace"], meta["name"]
+                    )
+
+    async def _retry(self, namespace: str, uid: str, token: str) -> bool:
+        """Retry from the point of failure, once per value of the retry annotation: failed
+        steps run again (dead tasks back from the DLQ, steps that could not start decided
+        again), what they skipped follows, and finally runs again; succeeded steps keep their
+        results. Returns whether a retry was done now."""
+        state_key = keys.workflow(namespace, uid)
+        saved = {_s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()}
+        if saved.get("retried") == token or "spec" not in saved:
+            return False
+        spec = WorkflowSpec.model_validate(json.loads(saved["spec"]))
+        steps = {s.name: s for s in [*spec.steps, *(spec.finally_ or [])]}
+        records = await self._records(namespace, spec, uid, steps, saved)
+        final = {s.name for s in spec.finally_ or []}
+        for name, recs in records.items():
+            dead = [i for i in recs.values() if i.state.value == "dead"]
+            by_queue: defaultdict[str, list[str]] = defaultdict(list)
+            for info in dead:
+                by_queue[info.queue].append(info.id)
+            for queue, ids in by_queue.items():
+                await self.broker.requeue_dead(namespace, queue, ids)
+            if name in final:  # ran after the failure: runs again after the retried steps
+                for info in recs.values():
+                    if info.state in TERMINAL:
+                        await self.broker.redis.delete(keys.task(namespace, info.queue, info.id))
+        stale = [k for k in saved if k.startswith(("error:", "when:", "items:"))]
+        stale = [k for k in stale if k.startswith("error:") or k.split(":", 1)[1] in final]
+        if stale:
+            await self.broker.redis.hdel(state_key, *stale)
+        await self.broker.redis.hset(state_key, "retried", token)
+        log.info("workflow %s/%s: retrying from the point of failure", namespace, uid)
+        return True
 
     # -- reconcile ------------------------------------------------------------------------------
 
