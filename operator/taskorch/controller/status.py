@@ -14,6 +14,7 @@ from typing import Any
 from taskorch.api.base import Condition, format_duration
 from taskorch.api.reasons import Reason
 from taskorch.api.task import AttemptRecord, TaskError, TaskPhase, TaskStatus
+from taskorch.controller.health import with_health
 from taskorch.queue.model import State, TaskInfo, dumps, size_in_bytes
 
 RESULT_INLINE_BYTES = 4096
@@ -58,7 +59,9 @@ def condition(
 
 
 def dump(status: TaskStatus) -> dict[str, Any]:
-    """The status subresource as the API server gets it."""
+    """The status subresource as the API server gets it, with the GitOps health conditions."""
+    if status.conditions:
+        status = status.model_copy(update={"conditions": with_health(status.conditions)})
     return status.model_dump(by_alias=True, mode="json", exclude_none=True)
 
 
@@ -163,14 +166,12 @@ def pending_status(
     reason: str, message: str, generation: int | None, now_ms: int, type_: str = "Succeeded"
 ) -> dict[str, Any]:
     """A Task waiting before the queue: suspended, a payloadFrom source missing, or (with
-    type_ QueueUnavailable) Redis unreachable."""
-    status = "True" if type_ == "QueueUnavailable" else "Unknown"
+    type_ QueueUnavailable, beside Succeeded=Unknown) Redis unreachable."""
+    conditions = [condition("Succeeded", "Unknown", reason, message, now_ms, generation)]
+    if type_ == "QueueUnavailable":
+        conditions.append(condition(type_, "True", reason, message, now_ms, generation))
     return dump(
-        TaskStatus(
-            phase=TaskPhase.Pending,
-            observed_generation=generation,
-            conditions=[condition(type_, status, reason, message, now_ms, generation)],
-        )
+        TaskStatus(phase=TaskPhase.Pending, observed_generation=generation, conditions=conditions)
     )
 
 

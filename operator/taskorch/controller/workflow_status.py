@@ -16,6 +16,7 @@ from taskorch.api.workflow import (
     WorkflowStatus,
 )
 from taskorch.controller.dag import Advance, StepView
+from taskorch.controller.health import with_health
 from taskorch.controller.status import RESULT_INLINE_BYTES, condition, timestamp
 from taskorch.queue.model import TaskInfo, dumps, size_in_bytes
 
@@ -119,7 +120,7 @@ def workflow_status(
     status = WorkflowStatus(
         phase=adv.phase,
         progress=adv.progress,
-        conditions=[cond],
+        conditions=with_health([cond]),
         observed_generation=generation,
         start_time=min(started) if started else None,
         completion_time=timestamp(completion_ms),
@@ -138,6 +139,8 @@ def invalid_status(
         phase=WorkflowPhase.Failed,
         observed_generation=generation,
         completion_time=timestamp(now_ms),
-        conditions=[condition("Succeeded", "False", reason, message, now_ms, generation)],
+        conditions=with_health(
+            [condition("Succeeded", "False", reason, message, now_ms, generation)]
+        ),
     )
     return status.model_dump(by_alias=True, mode="json", exclude_none=True)
