@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cr, sdk
+from bench import cr, sdk, workflow
 from bench.common import REDIS_URL
 from tests.support import RedisServer
 
@@ -45,6 +45,9 @@ def main() -> None:
         server.restart()
         print("cr: Task CRs ...", flush=True)
         results["cr_path"] = cr.run(server.url, N_CR, work)
+        server.restart()
+        print("workflow: pipeline and fan-out ...", flush=True)
+        results["workflow"] = workflow.run(server.url, work)
     finally:
         server.stop()
     (HERE / "results").mkdir(exist_ok=True)
@@ -81,8 +84,17 @@ def render(r: dict[str, Any]) -> str:
         f"(**{c['tasks_per_s']} tasks/s**), create→Succeeded p50 {c['create_to_succeeded_p50_s']} s, "
         f"p99 {c['create_to_succeeded_p99_s']} s, **{c['status_writes_per_task']} status writes/task**; "
         f"control plane started in {c['control_plane_start_s']} s",
-        "",
     ]
+    if "workflow" in r:
+        w = r["workflow"]
+        lines += [
+            f"- Workflow, the seed's 3-step pipeline (kubectl-apply → Succeeded, {w['pipeline_runs']} runs): "
+            f"p50 **{w['pipeline_p50_s']} s**, p99 {w['pipeline_p99_s']} s",
+            f"- Workflow fan-out of {w['fan_out_items']} no-op items: **{w['fan_out_s']} s** vs "
+            f"{w['sdk_same_tasks_s']} s for the same tasks through the SDK (**{w['fan_out_vs_sdk']}×**), "
+            f"{w['fan_out_status_writes']} status writes, final status {w['fan_out_status_bytes']} bytes",
+        ]
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from taskorch.queue.model import TaskInfo, TaskRef
 log = logging.getLogger("taskorch.status")
 GROUP_NAME = "taskorch-operator"
 MAX_WRITE_ATTEMPTS = 10
+STEP_POLL_SECONDS = 0.02
 WorkflowCallback = Callable[[str, str, str], Awaitable[None]]  # namespace, name, uid
 
 
@@ -46,6 +47,7 @@ class StatusWriter:
         self.streams: dict[str, str] = {}  # stream key -> "ns/queue"
         self.write_limit = asyncio.Semaphore(16)
         self.failures: dict[TaskRef, int] = {}  # failed writes per task, until one lands
+        self.advanced_workflows = False  # the last batch advanced a workflow
 
     async def run(self) -> None:
         backoff = 0.2
@@ -71,8 +73,11 @@ class StatusWriter:
                     if not full:
                         # The pause lets a task's quick succession of changes (queued, running,
                         # succeeded) coalesce into one status write; a full batch means more
-                        # is waiting: read on at once.
-                        await asyncio.sleep(self.batch_window)
+                        # is waiting: read on at once. Right after a workflow was advanced, its
+                        # next steps' changes are imminent: look again soon, so a chain of
+                        # steps does not wait a whole window per step.
+                        advanced, self.advanced_workflows = self.advanced_workflows, False
+                        await asyncio.sleep(STEP_POLL_SECONDS if advanced else self.batch_window)
             except redis.exceptions.ResponseError as e:
                 if "NOGROUP" in str(e):
                     log.warning("redis lost the consumer groups (restarted empty?); recreating")
@@ -171,6 +176,7 @@ class StatusWriter:
             *(self.workflows(*w) for w in steps_of if self.workflows is not None),
             return_exceptions=True,
         )
+        self.advanced_workflows = self.advanced_workflows or bool(steps_of)
         for indices, outcome in zip(steps_of.values(), advanced, strict=True):
             if isinstance(outcome, BaseException):
                 for i in indices:  # its steps' entries stay pending: advanced again later
