@@ -417,3 +417,80 @@ def test_retry_from_failure_reruns_only_what_failed_and_the_cli_draws_the_tree(
     assert tree.splitlines()[0].startswith("retryable  Succeeded  4/4")
     assert "└─ first  Succeeded" in tree and "      └─ last  Succeeded" in tree
     assert "finally:" in tree and "notify  Succeeded" in tree
+
+
+def test_continue_suspend_deadline_and_ttl(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers(TASKORCH_LEASE_SECONDS="1.5")
+    fails = {"type": "always_fail", "retry": {"maxAttempts": 1}}
+    apply_workflow(
+        cluster,
+        namespace,
+        "branches",
+        {
+            "onFailure": "continue",
+            "ttlSecondsAfterFinished": 3,
+            "steps": [
+                {"name": "bad", **fails},
+                {"name": "after_bad", "type": "noop", "dependsOn": ["bad"]},
+                {"name": "good", "type": "noop"},
+                {"name": "after_good", "type": "noop", "dependsOn": ["good"]},
+            ],
+        },
+    )
+    w = wait_workflow(cluster, namespace, "branches", "Failed")
+    phases = {s["name"]: s["phase"] for s in w["status"]["steps"]}
+    assert phases == {
+        "bad": "Failed",
+        "after_bad": "Skipped",
+        "good": "Succeeded",
+        "after_good": "Succeeded",  # an independent branch ran to the end
+    }
+    wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "workflow", "branches", namespace=namespace, check=False
+            ).returncode
+        ),
+        what="the TTL to delete the ended workflow",
+    )
+
+    chain = [
+        {"name": f"s{i}", "type": "count", **({"dependsOn": [f"s{i - 1}"]} if i else {})}
+        for i in range(3)
+    ]
+    apply_workflow(cluster, namespace, "held", {"suspend": True, "steps": chain})
+    held = wait_workflow(cluster, namespace, "held", "Suspended")
+    assert step_records(redis_url, namespace, held["metadata"]["uid"], ["s0"])["s0"] is None
+    cluster.kubectl(
+        "patch",
+        "workflow",
+        "held",
+        "--type=merge",
+        "-p",
+        '{"spec":{"suspend":false}}',
+        namespace=namespace,
+    )
+    wait_workflow(cluster, namespace, "held", "Succeeded")
+
+    slow = {"type": "slow", "payload": {"seconds": 60}}
+    apply_workflow(
+        cluster,
+        namespace,
+        "late",
+        {
+            "deadline": "3s",
+            "steps": [
+                {"name": "long", **slow},
+                {"name": "next", "type": "noop", "dependsOn": ["long"]},
+            ],
+            "finally": [{"name": "f", "type": "noop"}],
+        },
+    )
+    late = wait_workflow(cluster, namespace, "late", "Failed", timeout=30)
+    cond = late["status"]["conditions"][0]
+    assert (cond["reason"], "deadline (3s) passed" in cond["message"]) == ("DeadlineExceeded", True)
+    steps = {s["name"]: (s["phase"], s["reason"]) for s in late["status"]["steps"]}
+    assert steps["long"] == ("Cancelled", "Cancelled") and steps["next"][0] == "Skipped"
+    assert steps["f"][0] != "Succeeded"  # finally does not run past the deadline

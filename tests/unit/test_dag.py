@@ -169,6 +169,23 @@ def test_suspend_and_cancel_start_nothing() -> None:
     assert (done.enqueue, done.phase) == ([], WorkflowPhase.Cancelled)
 
 
+def test_a_passed_deadline_stops_like_a_cancel_but_fails() -> None:
+    spec = wf(step("a"), step("b", "a"), finally_=[step("f")], deadline="10s")
+    stopping = advance(spec, plain(a=RUNNING), deadline_passed=True)
+    assert (stopping.enqueue, stopping.phase, stopping.reason) == (
+        [],
+        WorkflowPhase.Running,
+        "Cancelling",
+    )
+    ended = advance(spec, plain(a=State.cancelled), deadline_passed=True)
+    assert (ended.phase, ended.reason) == (WorkflowPhase.Failed, "DeadlineExceeded")
+    # a workflow that ended before its deadline (or a cancel) keeps its outcome
+    done = plain(a=OK, b=OK, f=OK)
+    assert advance(spec, done, deadline_passed=True).phase is WorkflowPhase.Succeeded
+    cancelled_late = wf(step("a"), cancel=True)
+    assert advance(cancelled_late, plain(a=OK)).phase is WorkflowPhase.Succeeded
+
+
 def test_cycles_are_found_and_named() -> None:
     spec = wf(step("a", "c"), step("b", "a"), step("c", "b"), step("d"))
     assert find_cycle(spec.steps) == ["a", "c", "b", "a"]
@@ -230,3 +247,40 @@ def test_the_workflow_models_give_a_structural_schema() -> None:
     step = spec["properties"]["steps"]["items"]
     assert step["properties"]["forEach"].get("x-kubernetes-preserve-unknown-fields")
     assert all(v.get("description") for v in step["properties"].values() if "$ref" not in v)
+
+
+def test_status_stays_bounded_for_a_10000_item_fan_out_and_200_steps() -> None:
+    import json
+
+    from taskorch.controller.workflow_status import workflow_status
+    from taskorch.queue.model import TaskInfo
+
+    error = {"type": "RuntimeError", "reason": "MaxAttemptsExceeded", "message": "x" * 1000}
+    fan = wf(step("each", forEach="steps.list.result"), *(step(f"s{i}") for i in range(199)))
+    records = {
+        "each": {
+            i: TaskInfo(
+                id=f"u.each.{i}",
+                namespace="ns",
+                queue="q",
+                type="t",
+                state=DEAD if i % 2 else OK,
+                attempt=1,
+                failures=i % 2,
+                payload=None,
+                error=error if i % 2 else None,
+                started_ms=1_000,
+                finished_ms=2_000,
+            )
+            for i in range(10_000)
+        }
+    }
+    observed = {
+        "each": StepState(items=10_000, states={i: r.state for i, r in records["each"].items()})
+    }
+    adv = advance(fan, observed)
+    status = workflow_status(fan, adv, records, {}, {}, 1, 0, 3_000)
+    size = len(json.dumps(status))
+    assert size < 256 * 1024, size
+    each = status["steps"][0]
+    assert each["counts"] == {"Succeeded": 5000, "Failed": 5000} and len(each["failures"]) == 5

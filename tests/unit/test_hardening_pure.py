@@ -157,7 +157,7 @@ class FlakyDeletes:
 async def test_17_ttl_deletion_is_retried_until_the_api_server_takes_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("taskorch.controller.tracker.TTL_RETRY_FIRST_SECONDS", 0.01)
+    monkeypatch.setattr("taskorch.controller.expiry.TTL_RETRY_FIRST_SECONDS", 0.01)
     kube = FlakyDeletes(failures=2)
     tracker = Tracker(None, kube, None)  # type: ignore[arg-type]
     body = {
@@ -166,7 +166,7 @@ async def test_17_ttl_deletion_is_retried_until_the_api_server_takes_it(
         "status": {"phase": "Succeeded", "completionTime": "2026-01-01T00:00:00Z"},
     }
     tracker.observe("MODIFIED", body)
-    await asyncio.wait_for(asyncio.gather(*tracker.expiries.values()), 5)
+    await asyncio.wait_for(asyncio.gather(*tracker.expiries.timers.values()), 5)
     assert kube.calls == ["done"] * 3
 
 
@@ -178,11 +178,11 @@ async def test_7_a_task_leaving_a_terminal_phase_loses_its_ttl_timer() -> None:
         "status": {"phase": "DeadLettered", "completionTime": "2026-01-01T00:00:00Z"},
     }
     tracker.observe("MODIFIED", body)
-    timer = tracker.expiries["u1"]
+    timer = tracker.expiries.timers["u1"]
     body["status"] = {"phase": "Queued"}  # requeued from the DLQ
     tracker.observe("MODIFIED", body)
     await asyncio.sleep(0)
-    assert "u1" not in tracker.expiries and timer.cancelled()
+    assert "u1" not in tracker.expiries.timers and timer.cancelled()
 
 
 def test_status_is_built_from_the_model() -> None:

@@ -137,6 +137,15 @@ class WorkflowSpec(ApiModel):
         description="Queue of every step that names none.",
     )
     priority: Priority = "normal"
+    deadline: Duration | None = Field(
+        default=None,
+        description="Limit on the whole workflow, from its creation: past it, running steps "
+        "are cancelled, nothing new (not even finally) starts, and it ends Failed with reason "
+        "DeadlineExceeded.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the Workflow this long after it ended."
+    )
     suspend: bool = Field(
         default=False, description="Start no new steps while true; running ones go on."
     )

@@ -112,8 +112,13 @@ class _Group:
     """Phases of one group of steps (the main steps, or finally), in dependency order."""
 
     def __init__(
-        self, steps: Sequence[WorkflowStep], observed: Mapping[str, StepState], stop_new: bool
+        self,
+        steps: Sequence[WorkflowStep],
+        observed: Mapping[str, StepState],
+        stop_new: str | None,
     ) -> None:
+        """`stop_new`: nothing new starts, and a step that has not started ends Skipped with
+        this reason (FailFast, Cancelled, DeadlineExceeded)."""
         self.views: dict[str, StepView] = {}
         self.evaluate: list[str] = []
         self.startable: list[WorkflowStep] = []  # may get new items enqueued
@@ -127,7 +132,7 @@ class _Group:
         step: WorkflowStep,
         obs: StepState,
         by_name: Mapping[str, WorkflowStep],
-        stop_new: bool,
+        stop_new: str | None,
     ) -> StepView:
         if obs.states:
             return self._started(step, obs, stop_new)
@@ -141,7 +146,7 @@ class _Group:
         if any(p not in TERMINAL_STEP_PHASES for p in deps):
             return StepView(step.name, StepPhase.Pending, "WaitingForDependencies")
         if stop_new:
-            return StepView(step.name, StepPhase.Skipped, "FailFast")
+            return StepView(step.name, StepPhase.Skipped, stop_new)
         if step.when and obs.condition is None:
             self.evaluate.append(step.name)
             return StepView(step.name, StepPhase.Pending, "Evaluating")
@@ -155,7 +160,7 @@ class _Group:
         self.startable.append(step)
         return StepView(step.name, StepPhase.Pending, "Ready", obs.items)
 
-    def _started(self, step: WorkflowStep, obs: StepState, stop_new: bool) -> StepView:
+    def _started(self, step: WorkflowStep, obs: StepState, stop_new: str | None) -> StepView:
         total = obs.items if step.for_each is not None and obs.items is not None else 1
         phases = {i: _item_phase(s) for i, s in obs.states.items()}
         failed = tuple(sorted(i for i, p in phases.items() if p is StepPhase.Failed))
@@ -226,22 +231,27 @@ def _in_flight(observed: Mapping[str, StepState]) -> int:
     )
 
 
-def advance(spec: WorkflowSpec, observed: Mapping[str, StepState]) -> Advance:
-    main = _Group(spec.steps, observed, stop_new=False)
-    stopping = spec.on_failure is OnFailure.failFast and main.failed() is not None
-    if stopping:  # again, now knowing that nothing new may start
-        main = _Group(spec.steps, observed, stop_new=True)
+def advance(
+    spec: WorkflowSpec, observed: Mapping[str, StepState], *, deadline_passed: bool = False
+) -> Advance:
+    """`deadline_passed` stops the workflow as a cancel does (nothing new starts, finally does
+    not run; the glue cancels what runs), ending Failed with reason DeadlineExceeded."""
+    stop_reason = "Cancelled" if spec.cancel else "DeadlineExceeded" if deadline_passed else None
+    main = _Group(spec.steps, observed, stop_new=stop_reason)
+    if stop_reason is None and spec.on_failure is OnFailure.failFast and main.failed():
+        main = _Group(spec.steps, observed, stop_new="FailFast")  # nothing new may start
     final_steps = spec.finally_ or []
     main_ended = main.ended()
-    run_finally = main_ended and not spec.cancel
-    final = _Group(final_steps, observed, stop_new=False) if run_finally else None
+    stopped = stop_reason is not None
+    # finally starts once the steps ended, unless stopped (it may have run before the stop)
+    final = _Group(final_steps, observed, stop_new=stop_reason) if main_ended else None
     views = list(main.views.values())
     if final is not None:
         views += list(final.views.values())
     else:
         views += [StepView(s.name, StepPhase.Pending, "WaitingForSteps") for s in final_steps]
 
-    hold = spec.suspend or spec.cancel
+    hold = spec.suspend or stopped
     evaluate = [] if hold else main.evaluate + (final.evaluate if final else [])
     enqueue: list[ItemRef] = []
     if not hold:
@@ -265,11 +275,18 @@ def advance(spec: WorkflowSpec, observed: Mapping[str, StepState]) -> Advance:
     progress = f"{ended}/{len(views)}"
     finally_ended = final.ended() if final is not None else not final_steps
     failed_step = main.failed() or (final.failed() if final else None)
-    if spec.cancel:
-        running = _in_flight(observed) > 0
-        phase = WorkflowPhase.Running if running else WorkflowPhase.Cancelled
-        reason = "Cancelling" if running else "Cancelled"
-    elif main_ended and finally_ended:
+    in_flight = _in_flight(observed) > 0
+    interrupted = stopped and any(
+        v.reason == stop_reason or v.phase is StepPhase.Cancelled for v in views
+    )
+    if stopped and (in_flight or interrupted):
+        if in_flight:
+            phase, reason = WorkflowPhase.Running, "Cancelling"
+        elif spec.cancel:
+            phase, reason = WorkflowPhase.Cancelled, "Cancelled"
+        else:
+            phase, reason = WorkflowPhase.Failed, "DeadlineExceeded"
+    elif main_ended and finally_ended:  # ended before any cancel or deadline: that stands
         if failed_step:
             phase, reason = WorkflowPhase.Failed, "StepFailed"
         else:

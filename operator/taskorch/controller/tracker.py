@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskorch.api.task import TERMINAL_PHASES
+from taskorch.controller.expiry import Expiries
 from taskorch.controller.kube import KubeAPI
-from taskorch.controller.status import epoch_seconds, task_status
+from taskorch.controller.status import task_status
 from taskorch.queue.broker import Broker
 
 log = logging.getLogger("taskorch.tracker")
 TERMINAL = {p.value for p in TERMINAL_PHASES}
-TTL_RETRY_FIRST_SECONDS = 1.0
 
 
 class Reenqueue(Protocol):
@@ -51,7 +51,7 @@ class Tracker:
         self.reenqueue = reenqueue
         self.resync_seconds = resync_seconds
         self.in_flight: dict[str, InFlight] = {}
-        self.expiries: dict[str, asyncio.Task[None]] = {}
+        self.expiries = Expiries(kube, "tasks")
 
     def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         """Follow one watch event of a Task (type None is the initial listing)."""
@@ -59,20 +59,13 @@ class Tracker:
         uid, namespace = meta["uid"], meta["namespace"]
         if event_type == "DELETED":
             self.in_flight.pop(uid, None)
-            self._cancel_expiry(uid)
+            self.expiries.forget(uid)
             return
         phase = status.get("phase")
-        if phase not in TERMINAL:
-            # Back from terminal (requeued from the DLQ): its TTL no longer runs.
-            self._cancel_expiry(uid)
+        # Back from terminal (requeued from the DLQ): its TTL no longer runs.
+        self.expiries.follow(body, finished=phase in TERMINAL)
         if phase in TERMINAL:
             self.in_flight.pop(uid, None)
-            ttl = spec.get("ttlSecondsAfterFinished")
-            if ttl is not None and status.get("completionTime") and uid not in self.expiries:
-                expires = epoch_seconds(status["completionTime"]) + int(ttl)
-                self.expiries[uid] = asyncio.create_task(
-                    self._expire(namespace, meta["name"], uid, expires), name=f"ttl-{uid}"
-                )
         elif not spec.get("suspend"):
             self.in_flight[uid] = InFlight(
                 namespace,
@@ -82,34 +75,6 @@ class Tracker:
                 status.get("attempts"),
                 time.monotonic(),
             )
-
-    def _cancel_expiry(self, uid: str) -> None:
-        task = self.expiries.pop(uid, None)
-        if task is not None:
-            task.cancel()
-
-    async def _expire(self, namespace: str, name: str, uid: str, expires: float) -> None:
-        """Delete the Task at `expires`, retrying with backoff until the API server takes it (a
-        Task of the same name but another UID is not ours: the delete's precondition)."""
-        try:
-            await asyncio.sleep(max(0.0, expires - time.time()))
-            backoff = TTL_RETRY_FIRST_SECONDS
-            while True:
-                try:
-                    await self.kube.delete("tasks", namespace, name, uid=uid)
-                    return
-                except Exception as e:
-                    log.warning(
-                        "TTL deletion of %s/%s failed (%s); retry in %.0fs",
-                        namespace,
-                        name,
-                        e,
-                        backoff,
-                    )
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 60.0)
-        finally:
-            self.expiries.pop(uid, None)
 
     async def run(self) -> None:
         while True:

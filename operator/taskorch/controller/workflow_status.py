@@ -97,11 +97,13 @@ def workflow_status(
         failed = next(
             (s for s in steps if s.phase in (StepPhase.Failed, StepPhase.Cancelled)), None
         )
-        message = (
-            f"step {failed.name} {failed.phase.value.lower()}: {failed.message or failed.reason}"
-            if failed
-            else adv.reason
-        )
+        if adv.reason == "DeadlineExceeded":
+            message = f"the deadline ({spec.deadline}) passed with {adv.progress} steps ended"
+        elif failed:
+            message = f"step {failed.name} {failed.phase.value.lower()}: "
+            message += failed.message or failed.reason or ""
+        else:
+            message = adv.reason
         cond = condition("Succeeded", "False", adv.reason, message, completion_ms, generation)
     else:
         cond = condition(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from typing import Any, cast
 
@@ -30,6 +31,7 @@ from taskorch.api.task import priority_level
 from taskorch.api.workflow import WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
+from taskorch.controller.expiry import Expiries
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import epoch_seconds
 from taskorch.controller.templating import MissingReference, render
@@ -41,7 +43,8 @@ from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef, TaskRequest, dumps
 log = logging.getLogger("taskorch.workflows")
 RESOURCE = (GROUP, VERSION, "workflows")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-LIVE_FIELDS = ("suspend", "cancel")  # the only spec fields read live; the rest as first seen
+# The only spec fields read live; the rest as first seen.
+LIVE_FIELDS = ("suspend", "cancel", "ttlSecondsAfterFinished")
 # Set (to any new value) to retry a failed Workflow from the point of failure, GitOps-style;
 # `taskorch workflow retry NAME` sets it to the time.
 RETRY_ANNOTATION = "taskorch.io/retry"
@@ -59,6 +62,8 @@ class WorkflowRunner:
         self.generations: dict[str, int] = {}  # uid -> generation last reconciled
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.written: dict[str, dict[str, Any]] = {}  # uid -> status last written
+        self.wakeups: dict[str, asyncio.Task[None]] = {}  # uid -> reconcile at its deadline
+        self.expiries = Expiries(kube, "workflows")
 
     # -- watch events ---------------------------------------------------------------------------
 
@@ -69,9 +74,15 @@ class WorkflowRunner:
             self.bodies.pop(uid, None)
             self.generations.pop(uid, None)
             self.written.pop(uid, None)
+            self.expiries.forget(uid)
+            wakeup = self.wakeups.pop(uid, None)
+            if wakeup is not None:
+                wakeup.cancel()
             await self._cancel_steps(meta["namespace"], body, uid)
             return
         self.bodies[uid] = body
+        phase = (body.get("status") or {}).get("phase")
+        self.expiries.follow(body, finished=phase in ("Succeeded", "Failed", "Cancelled"))
         generation = int(meta.get("generation") or 1)
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         if retry and await self._retry(meta["namespace"], uid, retry):
@@ -82,6 +93,20 @@ class WorkflowRunner:
         if self.generations.get(uid) != generation:
             self.generations[uid] = generation
             await self.reconcile(meta["namespace"], meta["name"], uid)
+
+    def _wake_at(self, namespace: str, name: str, uid: str, when: float) -> None:
+        """Reconcile once more at `when` (a deadline), whatever else happens by then."""
+        if uid in self.wakeups or when <= time.time():
+            return
+
+        async def wake() -> None:
+            try:
+                await asyncio.sleep(when - time.time())
+                await self.reconcile(namespace, name, uid)
+            finally:
+                self.wakeups.pop(uid, None)
+
+        self.wakeups[uid] = asyncio.create_task(wake(), name=f"deadline-{uid}")
 
     async def run(self, resync_seconds: float) -> None:
         """Reconcile every Workflow not ended, every `resync_seconds`: a reconcile that an
@@ -166,9 +191,14 @@ class WorkflowRunner:
             kept = {k: v for k, v in live.items() if k not in LIVE_FIELDS}
             await self.broker.redis.hset(state_key, "spec", dumps(kept))
         steps = {s.name: s for s in [*spec.steps, *(spec.finally_ or [])]}
+        deadline_passed = False
+        if spec.deadline:
+            due = created_ms / 1000 + duration_seconds(spec.deadline)
+            deadline_passed = time.time() >= due
+            self._wake_at(namespace, meta["name"], uid, due)
         for _ in range(len(steps) + 2):  # each pass decides, or fails, at least one step
             records = await self._records(namespace, spec, uid, steps, saved)
-            adv = advance(spec, _observed(steps, saved, records))
+            adv = advance(spec, _observed(steps, saved, records), deadline_passed=deadline_passed)
             results = _results(steps, saved, records)
             decided = self._decide(adv, steps, results) or await self._enqueue(
                 namespace, meta["name"], spec, uid, adv, steps, saved, results
@@ -177,7 +207,7 @@ class WorkflowRunner:
                 break
             await self.broker.redis.hset(state_key, mapping=cast("dict[Any, Any]", decided))
             saved.update(decided)
-        if spec.cancel:
+        if spec.cancel or deadline_passed:
             await self._cancel_steps(namespace, body, uid, spec, saved, records)
         errors = {k.removeprefix("error:"): v for k, v in saved.items() if k.startswith("error:")}
         return workflow_status(
