@@ -11,9 +11,9 @@ import lupa
 
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc
-from tests.e2e.test_tasks import apply_task, wait_phase
-from tests.e2e.test_workflows import apply_workflow, wait_workflow
-from tests.support import REPO, wait_for
+from tests.e2e.test_tasks import apply_task, wait_object, wait_phase
+from tests.e2e.test_workflows import a_step_running, apply_workflow, wait_workflow
+from tests.support import REPO
 
 SCRIPTS = REPO / "charts" / "taskorch" / "argocd"
 
@@ -68,15 +68,12 @@ def test_argocd_and_kstatus_read_tasks_and_workflows_right(
         "held": wait_phase(cluster, namespace, "held", "Pending"),
     }
 
-    def running(name: str) -> dict[str, Any] | None:
-        w = cluster.get_json(f"workflow/{name}", namespace=namespace)
-        steps = w.get("status", {}).get("steps", [])
-        return w if any(s["phase"] == "Running" for s in steps) else None
-
     flows = {
         "wf-ok": wait_workflow(cluster, namespace, "wf-ok", "Succeeded"),
         "wf-failed": wait_workflow(cluster, namespace, "wf-failed", "Failed"),
-        "wf-running": wait_for(lambda: running("wf-running"), what="a running workflow"),
+        "wf-running": wait_object(
+            cluster, namespace, "workflow/wf-running", a_step_running, "to run its step"
+        ),
     }
     assert {n: (argocd_health("task", t), kstatus(t)) for n, t in tasks.items()} == {
         "fine": ("Healthy", "Current"),

@@ -57,18 +57,30 @@ def task(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     return dict(cluster.get_json(f"task/{name}", namespace=namespace))
 
 
+def wait_object(
+    cluster: Cluster,
+    namespace: str,
+    ref: str,
+    test: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    """`kind/name` once `test` holds for it."""
+
+    def probe() -> dict[str, Any] | None:
+        obj = dict(cluster.get_json(ref, namespace=namespace))
+        return obj if test(obj) else None
+
+    return wait_for(probe, timeout=timeout, what=f"{ref} {what}")
+
+
 def wait_phase(
     cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60
 ) -> dict[str, Any]:
-    return wait_for(
-        lambda: (
-            t
-            if (t := task(cluster, namespace, name)).get("status", {}).get("phase") == phase
-            else None
-        ),
-        timeout=timeout,
-        what=f"task {name} to reach {phase}",
-    )
+    def reached(t: dict[str, Any]) -> bool:
+        return bool(t.get("status", {}).get("phase") == phase)
+
+    return wait_object(cluster, namespace, f"task/{name}", reached, f"to reach {phase}", timeout)
 
 
 def cond(t: dict[str, Any], type_: str) -> dict[str, Any]:

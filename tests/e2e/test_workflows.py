@@ -15,6 +15,7 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator
+from tests.e2e.test_tasks import wait_object
 from tests.support import REPO, wait_for
 
 
@@ -35,15 +36,16 @@ def workflow(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
 def wait_workflow(
     cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60
 ) -> dict[str, Any]:
-    return wait_for(
-        lambda: (
-            w
-            if (w := workflow(cluster, namespace, name)).get("status", {}).get("phase") == phase
-            else None
-        ),
-        timeout=timeout,
-        what=f"workflow {name} to reach {phase}",
+    def reached(w: dict[str, Any]) -> bool:
+        return bool(w.get("status", {}).get("phase") == phase)
+
+    return wait_object(
+        cluster, namespace, f"workflow/{name}", reached, f"to reach {phase}", timeout
     )
+
+
+def a_step_running(w: dict[str, Any]) -> bool:
+    return any(s["phase"] == "Running" for s in w.get("status", {}).get("steps", []))
 
 
 def step_records(redis_url: str, namespace: str, uid: str, steps: list[str]) -> dict[str, Any]:
@@ -322,12 +324,7 @@ def test_deleting_a_running_workflow_cancels_its_steps(
         {"steps": [{"name": "wait", "type": "slow", "payload": {"seconds": 60}}]},
     )
 
-    def running() -> dict[str, Any] | None:
-        w = workflow(cluster, namespace, "long")
-        steps = w.get("status", {}).get("steps", [])
-        return w if any(s["phase"] == "Running" for s in steps) else None
-
-    w = wait_for(running, what="the step to run")
+    w = wait_object(cluster, namespace, "workflow/long", a_step_running, "to run its step")
     cluster.kubectl("delete", "workflow", "long", "--wait=true", namespace=namespace)
     uid = w["metadata"]["uid"]
     wait_for(
