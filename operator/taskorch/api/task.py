@@ -32,6 +32,14 @@ Priority = Annotated[
 ]
 
 
+# A handler's name, and a queue's (it is part of Redis key names): one definition for Tasks,
+# Workflow steps and the SDK.
+TaskType = Annotated[
+    str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
+]
+QueueName = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")]
+
+
 def priority_level(priority: int | str) -> int:
     return PRIORITY_NAMES[priority] if isinstance(priority, str) else int(priority)
 
@@ -159,16 +167,11 @@ class TaskSpec(ApiModel):
         }
     }
 
-    type: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
-        description="Name of the handler that runs this task, as registered in the workers.",
+    type: TaskType = Field(
+        description="Name of the handler that runs this task, as registered in the workers."
     )
-    queue: str = Field(
+    queue: QueueName = Field(
         default="default",
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
         description="Queue to put the task on; only WorkerPools of this namespace serve it.",
     )
     payload: dict[str, JsonValue] | None = Field(

@@ -15,7 +15,7 @@ from pydantic import Field, JsonValue, model_validator
 from pydantic.config import JsonDict
 
 from taskorch.api.base import ApiModel, Condition, Duration
-from taskorch.api.task import Priority, RetryPolicy
+from taskorch.api.task import Priority, QueueName, RetryPolicy, TaskType
 
 MAX_STEPS = 200
 MAX_FINALLY = 50
@@ -45,12 +45,7 @@ class WorkflowStep(ApiModel):
     }
 
     name: StepName = Field(description="Unique within the workflow (steps and finally).")
-    type: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
-        description="Handler that runs the step, as registered in the workers.",
-    )
+    type: TaskType = Field(description="Handler that runs the step, as registered in the workers.")
     payload: dict[str, JsonValue] | None = Field(
         default=None,
         description="The handler's input. A string `{{ steps.NAME.result.FIELD }}` is replaced "
@@ -73,11 +68,8 @@ class WorkflowStep(ApiModel):
     )
     retry: RetryPolicy | None = Field(default=None, description="As a Task's spec.retry.")
     timeout: Duration | None = Field(default=None, description="Limit on one attempt.")
-    queue: str | None = Field(
-        default=None,
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
-        description="Queue of the step's tasks; default: the workflow's queue.",
+    queue: QueueName | None = Field(
+        default=None, description="Queue of the step's tasks; default: the workflow's queue."
     )
     priority: Priority | None = None
 
@@ -130,12 +122,7 @@ class WorkflowSpec(ApiModel):
         description="failFast: no new steps after a failure (running ones finish, then finally "
         "runs); continue: every step that does not depend on a failed one runs.",
     )
-    queue: str = Field(
-        default="default",
-        max_length=63,
-        pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
-        description="Queue of every step that names none.",
-    )
+    queue: QueueName = Field(default="default", description="Queue of every step that names none.")
     priority: Priority = "normal"
     deadline: Duration | None = Field(
         default=None,
