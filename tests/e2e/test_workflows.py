@@ -11,6 +11,7 @@ from typing import Any
 import redis
 import yaml
 
+from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef
 from tests.e2e.conftest import Cluster
@@ -491,3 +492,25 @@ def test_continue_suspend_deadline_and_ttl(
     steps = {s["name"]: (s["phase"], s["reason"]) for s in late["status"]["steps"]}
     assert steps["long"] == ("Cancelled", "Cancelled") and steps["next"][0] == "Skipped"
     assert steps["f"][0] != "Succeeded"  # finally does not run past the deadline
+
+
+def test_an_ended_workflow_whose_step_records_expired_never_runs_again(
+    cluster: Cluster, namespace: str, redis_url: str, tmp_path: Any, workers: Callable[..., Proc]
+) -> None:
+    op = start_operator(redis_url, cluster.kubeconfig, tmp_path / "op1.log")
+    workers()
+    apply_workflow(cluster, namespace, "once", {"steps": [{"name": "s0", "type": "count"}]})
+    uid = wait_workflow(cluster, namespace, "once", "Succeeded")["metadata"]["uid"]
+    op.kill()
+    # The step's record expires with the result retention (24 h by default).
+    redis.Redis.from_url(redis_url).delete(keys.task(namespace, "default", f"{uid}.s0"))
+    op = start_operator(redis_url, cluster.kubeconfig, tmp_path / "op2.log")
+    try:
+        # The restarted operator lists the old workflow before it sees this new one.
+        apply_workflow(cluster, namespace, "probe", {"steps": [{"name": "p", "type": "noop"}]})
+        wait_workflow(cluster, namespace, "probe", "Succeeded")
+    finally:
+        op.kill()
+    assert step_records(redis_url, namespace, uid, ["s0"])["s0"] is None, "s0 was enqueued again"
+    assert redis.Redis.from_url(redis_url).get(f"runs:{uid}.s0") == b"1"
+    assert workflow(cluster, namespace, "once")["status"]["phase"] == "Succeeded"

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import priority_level
-from taskorch.api.workflow import WorkflowSpec, WorkflowStep
+from taskorch.api.workflow import WorkflowPhase, WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
 from taskorch.controller.expiry import Expiries
@@ -79,6 +79,10 @@ class WorkflowRunner:
             if wakeup is not None:
                 wakeup.cancel()
             await self._cancel_steps(meta["namespace"], body, uid)
+            try:
+                await self.broker.redis.delete(keys.workflow(meta["namespace"], uid))
+            except REDIS_ERRORS as e:
+                log.warning("could not forget deleted workflow %s: %s", uid, e)
             return
         self.bodies[uid] = body
         phase = (body.get("status") or {}).get("phase")
@@ -151,8 +155,7 @@ class WorkflowRunner:
                         await self.broker.redis.delete(keys.task(namespace, info.queue, info.id))
         stale = [k for k in saved if k.startswith(("error:", "when:", "items:"))]
         stale = [k for k in stale if k.startswith("error:") or k.split(":", 1)[1] in final]
-        if stale:
-            await self.broker.redis.hdel(state_key, *stale)
+        await self.broker.redis.hdel(state_key, "ended", *stale)
         await self.broker.redis.hset(state_key, "retried", token)
         log.info("workflow %s/%s: retrying from the point of failure", namespace, uid)
         return True
@@ -165,6 +168,8 @@ class WorkflowRunner:
             if body is None or body["metadata"]["uid"] != uid:
                 return  # deleted meanwhile
             status = await self._reconcile(namespace, body)
+            if status == body.get("status") and uid not in self.written:
+                self.written[uid] = status  # e.g. after a restart: nothing to write
             if status != self.written.get(uid) and await self.kube.patch_status(
                 "workflows", namespace, name, uid, status
             ):
@@ -177,6 +182,10 @@ class WorkflowRunner:
         created_ms = int(epoch_seconds(meta["creationTimestamp"]) * 1000)
         state_key = keys.workflow(namespace, uid)
         saved = {_s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()}
+        if saved.get("ended") and body.get("status"):
+            # Ended: its step records may have expired since, and must not look like steps
+            # never run. Only a retry (which clears the mark) makes it run again.
+            return dict(body["status"])
         first_seen = json.loads(saved["spec"]) if "spec" in saved else live
         document = {**first_seen, **{f: live[f] for f in LIVE_FIELDS if f in live}}
         try:
@@ -210,6 +219,8 @@ class WorkflowRunner:
         if spec.cancel or deadline_passed:
             await self._cancel_steps(namespace, body, uid, spec, saved, records)
         errors = {k.removeprefix("error:"): v for k, v in saved.items() if k.startswith("error:")}
+        if adv.phase in (WorkflowPhase.Succeeded, WorkflowPhase.Failed, WorkflowPhase.Cancelled):
+            await self.broker.redis.hset(state_key, "ended", adv.phase.value)
         return workflow_status(
             spec, adv, records, results, errors, generation, created_ms, now_ms()
         )
