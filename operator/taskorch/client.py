@@ -33,6 +33,8 @@ def validated_options(
     retry: dict[str, Any] | None,
     timeout: float | None,
     delay: float | None,
+    concurrency_key: str | None = None,
+    max_concurrent: int = 1,
 ) -> TaskSpec:
     """The options of an SDK enqueue as a TaskSpec (payload aside), or InvalidTask."""
     for name, value in (("timeout", timeout), ("delay", delay)):
@@ -46,6 +48,8 @@ def validated_options(
                 "priority": priority,
                 "retry": retry,
                 "timeout": f"{round(timeout * 1000)}ms" if timeout else None,
+                "concurrencyKey": concurrency_key,
+                "maxConcurrent": max_concurrent,
             }
         )
     except ValidationError as e:
@@ -93,12 +97,23 @@ class Client:
         timeout: float | None = None,
         delay: float | None = None,
         idempotency_keys: Iterable[str | None] | None = None,
+        concurrency_key: str | None = None,
+        max_concurrent: int = 1,
         batch_size: int = 1000,
     ) -> list[str]:
         """Enqueue one task per payload, `batch_size` per round trip; returns their ids (for a
         held idempotency key, the id of the task that holds it). Raises InvalidTask, naming the
         field, for options the Task CRD would refuse or a payload over 64 KiB as JSON."""
-        spec = validated_options(type, queue or self.queue, priority, retry, timeout, delay)
+        spec = validated_options(
+            type,
+            queue or self.queue,
+            priority,
+            retry,
+            timeout,
+            delay,
+            concurrency_key,
+            max_concurrent,
+        )
         policy = spec.retry.model_dump(by_alias=True, exclude_none=True) if spec.retry else None
         payloads = list(payloads)
         keys: list[str | None] = [None] * len(payloads)
@@ -118,6 +133,8 @@ class Client:
                 timeout=timeout,
                 delay=delay,
                 idempotency_key=k,
+                concurrency_key=spec.concurrency_key or "",
+                max_concurrent=spec.max_concurrent,
             )
             for p, k in zip(payloads, keys, strict=True)
         ]

@@ -464,3 +464,39 @@ def test_payload_over_the_cap_fails_with_reason_and_event(
         "events", "--field-selector", "involvedObject.name=huge", namespace=namespace
     )
     assert [e["reason"] for e in events["items"]] == ["PayloadTooLarge"]
+
+
+def test_a_concurrency_key_runs_its_tasks_one_at_a_time_in_order(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers(concurrency=8)
+    slow = {"type": "slow", "payload": {"seconds": 0.4}}
+    names = []
+    for i in range(4):
+        for key in ("customer-42", "customer-7"):
+            name = f"{key}-{i}"
+            apply_task(cluster, namespace, name, {**slow, "concurrencyKey": key})
+            names.append(name)
+            # one by one, so the order they reach the queue is the order they were created
+            wait_object(
+                cluster,
+                namespace,
+                f"task/{name}",
+                lambda t: t.get("status", {}).get("phase") not in (None, "Pending"),
+                "to be enqueued",
+            )
+    for name in names:
+        wait_phase(cluster, namespace, name, "Succeeded")
+    r = redis.Redis.from_url(redis_url)
+    spans = {}
+    for name in names:
+        uid = task(cluster, namespace, name)["metadata"]["uid"]
+        started, finished = r.hmget(
+            f"taskorch:{{{namespace}/default}}:t:{uid}", "started_ms", "finished_ms"
+        )
+        spans[name] = (int(started or 0), int(finished or 0))
+    for key in ("customer-42", "customer-7"):
+        mine = [spans[f"{key}-{i}"] for i in range(4)]
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(mine)), f"{key} overlapped: {mine}"
+    # the two keys ran beside each other: neither waited for the other
+    assert spans["customer-7-0"][0] < spans["customer-42-0"][1]

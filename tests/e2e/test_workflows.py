@@ -514,3 +514,29 @@ def test_an_ended_workflow_whose_step_records_expired_never_runs_again(
     assert step_records(redis_url, namespace, uid, ["s0"])["s0"] is None, "s0 was enqueued again"
     assert redis.Redis.from_url(redis_url).get(f"runs:{uid}.s0") == b"1"
     assert workflow(cluster, namespace, "once")["status"]["phase"] == "Succeeded"
+
+
+def test_a_step_concurrency_key_serializes_its_items(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    workers(concurrency=8)
+    apply_workflow(
+        cluster,
+        namespace,
+        "keyed",
+        {
+            "steps": [
+                {
+                    "name": "each",
+                    "type": "slow",
+                    "forEach": [1, 2, 3, 4],
+                    "payload": {"seconds": 0.3},
+                    "concurrencyKey": "one-printer",
+                }
+            ]
+        },
+    )
+    w = wait_workflow(cluster, namespace, "keyed", "Succeeded")
+    items = items_of(redis_url, namespace, w["metadata"]["uid"], "each", 4)
+    assert max_overlap([(t.started_ms, t.finished_ms) for t in items]) == 1
+    assert [t.started_ms for t in items] == sorted(t.started_ms for t in items)

@@ -23,6 +23,8 @@ end
 out.task = key.task('ID')
 out.ready = key.ready(7)
 out.unique = key.unique('K')
+out.ck_waiting = key.ck_waiting('C')
+out.ck_admitted = key.ck_admitted('C')
 return cjson.encode(out)
 """
 
@@ -35,6 +37,8 @@ async def test_lua_builds_every_key_exactly_as_keys_py(aredis: aioredis.Redis) -
         "task": keys.task(NS, Q, "ID"),
         "ready": keys.ready(NS, Q, 7),
         "unique": keys.unique(NS, Q, "K"),
+        "ck_waiting": keys.ck_waiting(NS, Q, "C"),
+        "ck_admitted": keys.ck_admitted(NS, Q, "C"),
     }
     assert json.loads(reply) == expected
 

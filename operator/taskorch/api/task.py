@@ -38,6 +38,11 @@ TaskType = Annotated[
     str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 ]
 QueueName = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")]
+ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=256)]
+MaxConcurrent = Annotated[
+    int,
+    Field(ge=1, le=10_000, description="How many tasks of the concurrencyKey may run at once."),
+]
 
 
 def priority_level(priority: int | str) -> int:
@@ -138,6 +143,8 @@ _IMMUTABLE = (
     "runAt",
     "delay",
     "idempotencyKey",
+    "concurrencyKey",
+    "maxConcurrent",
 )
 
 
@@ -207,6 +214,13 @@ class TaskSpec(ApiModel):
         "(24 h): a later Task with a held key ends Skipped, reason Duplicate, naming the Task "
         "that holds it.",
     )
+    concurrency_key: ConcurrencyKey | None = Field(
+        default=None,
+        description="Tasks (and workflow steps) of one queue with the same key run at most "
+        "maxConcurrent at a time, in the order they were created; other keys and tasks without "
+        "one are never held back.",
+    )
+    max_concurrent: MaxConcurrent = 1
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the Task this long after it finished."
     )

@@ -15,7 +15,14 @@ from pydantic import Field, JsonValue, model_validator
 from pydantic.config import JsonDict
 
 from taskorch.api.base import ApiModel, Condition, Duration
-from taskorch.api.task import Priority, QueueName, RetryPolicy, TaskType
+from taskorch.api.task import (
+    ConcurrencyKey,
+    MaxConcurrent,
+    Priority,
+    QueueName,
+    RetryPolicy,
+    TaskType,
+)
 
 MAX_STEPS = 200
 MAX_FINALLY = 50
@@ -72,6 +79,12 @@ class WorkflowStep(ApiModel):
         default=None, description="Queue of the step's tasks; default: the workflow's queue."
     )
     priority: Priority | None = None
+    concurrency_key: ConcurrencyKey | None = Field(
+        default=None,
+        description="As a Task's: at most maxConcurrent tasks with this key run at once across "
+        "the queue, this step's items included, in order.",
+    )
+    max_concurrent: MaxConcurrent = 1
 
 
 # Names unique per list (a list-map keyed by name: the API server refuses a duplicate itself).

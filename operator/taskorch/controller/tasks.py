@@ -76,6 +76,8 @@ async def build_request(
         generation=int(meta.get("generation") or 1),
         # Workers keep these values out of every error text that reaches the status.
         redact=tuple(src.field for src in task.payload_from or []),
+        concurrency_key=task.concurrency_key or "",
+        max_concurrent=task.max_concurrent,
     )
 
 

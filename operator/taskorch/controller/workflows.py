@@ -305,6 +305,8 @@ class WorkflowRunner:
                     timeout=duration_seconds(step.timeout) if step.timeout else None,
                     notify=True,
                     workflow=f"{name}/{uid}",
+                    concurrency_key=step.concurrency_key or "",
+                    max_concurrent=step.max_concurrent,
                 )
             )
         for queue, requests in by_queue.items():

@@ -53,6 +53,8 @@ def _shared_fields(r: TaskRequest) -> tuple[Any, ...]:
         r.generation,
         dumps(list(r.redact)) if r.redact else "",
         r.workflow,
+        r.concurrency_key,
+        r.max_concurrent if r.concurrency_key else "",
     )
 
 
@@ -101,10 +103,10 @@ class Broker:
                     raise InvalidTask(f"payload is {size} bytes as JSON, over {MAX_PAYLOAD_BYTES}")
                 tasks += [r.id or uuid.uuid4().hex, payload, r.idempotency_key or ""]
             (type_, prio, max_attempts, policy, timeout_ms, due, delay, deadline, *rest) = shared
-            notify, cr, gen, redact, workflow = rest
+            notify, cr, gen, redact, workflow, ck, ckmax = rest
             argv += [len(tasks) // 3, type_, prio, max_attempts, policy, timeout_ms, due, delay]
             argv += [deadline, s.idempotency_ttl_seconds * 1000, notify, cr]
-            argv += [s.result_retention_seconds, gen, redact, workflow, *tasks]
+            argv += [s.result_retention_seconds, gen, redact, workflow, ck, ckmax, *tasks]
         unregistered, ids = await self.scripts.enqueue(
             keys=[keys.prefix(namespace, queue)], args=argv
         )

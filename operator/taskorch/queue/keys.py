@@ -41,6 +41,16 @@ def unique(namespace: str, queue: str, idempotency_key: str) -> str:
     return f"{prefix(namespace, queue)}u:{idempotency_key}"
 
 
+def ck_waiting(namespace: str, queue: str, concurrency_key: str) -> str:
+    """The FIFO list of a concurrency key's tasks waiting for a slot."""
+    return f"{prefix(namespace, queue)}ck:{concurrency_key}"
+
+
+def ck_admitted(namespace: str, queue: str, concurrency_key: str) -> str:
+    """How many of a concurrency key's tasks hold a slot (ready, running or retrying)."""
+    return f"{prefix(namespace, queue)}ckn:{concurrency_key}"
+
+
 def workflow(namespace: str, uid: str) -> str:
     """A Workflow's recorded decisions (the spec first seen, `when` answers, `forEach` items,
     steps that could not start); written and read by the operator only, outside every queue's

@@ -86,6 +86,8 @@ class TaskRequest:
     generation: int = 0  # the CR's metadata.generation, echoed as status.observedGeneration
     redact: tuple[str, ...] = ()  # payload fields (from Secrets) kept out of every error text
     workflow: str = ""  # "name/uid" of the Workflow this task is a step of
+    concurrency_key: str = ""  # at most max_concurrent tasks of a key run at once, in order
+    max_concurrent: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ local key = {
 function key.task(id) return prefix .. 't:' .. id end
 function key.ready(p) return prefix .. 'ready:' .. p end
 function key.unique(ukey) return prefix .. 'u:' .. ukey end
+function key.ck_waiting(ck) return prefix .. 'ck:' .. ck end
+function key.ck_admitted(ck) return prefix .. 'ckn:' .. ck end
 
 local EVENTS_MAXLEN = 100000
 local HISTORY = 10
@@ -81,6 +83,53 @@ local function cancel_requested(id)
   return redis.call('HGET', key.task(id), 'cancel') == '1'
 end
 
+-- Concurrency keys: a task with a key waits in its key's FIFO list until fewer than its
+-- maxConcurrent tasks of the key are admitted (ready, running, or waiting for a retry), so at
+-- most N run per key, in the order they came, and other keys and plain tasks never wait.
+local function admit(ck)
+  local waiting, admitted = key.ck_waiting(ck), key.ck_admitted(ck)
+  while true do
+    local head = redis.call('LINDEX', waiting, 0)
+    if not head then return end
+    local t = key.task(head)
+    local state, max, prio = unpack(redis.call('HMGET', t, 'state', 'ckmax', 'prio'))
+    if state ~= 'queued' then
+      redis.call('LPOP', waiting)  -- cancelled (or expired) while it waited: dropped here
+    elseif tonumber(redis.call('GET', admitted) or '0') >= (tonumber(max) or 1) then
+      return
+    else
+      redis.call('LPOP', waiting)
+      redis.call('INCR', admitted)
+      redis.call('HSET', t, 'ckin', '1')
+      redis.call('RPUSH', key.ready(prio), head)
+      wake()
+    end
+  end
+end
+
+-- A queued task enters the queue: into its key's waiting list, or straight to ready.
+local function enter(id)
+  local t = key.task(id)
+  local ck, prio = unpack(redis.call('HMGET', t, 'ck', 'prio'))
+  if ck and redis.call('HGET', t, 'ckin') ~= '1' then
+    redis.call('RPUSH', key.ck_waiting(ck), id)
+    admit(ck)
+  else
+    redis.call('RPUSH', key.ready(prio), id)
+  end
+end
+
+-- An admitted task ended: its slot goes to the next of its key.
+local function leave(id)
+  local t = key.task(id)
+  local ck, held = unpack(redis.call('HMGET', t, 'ck', 'ckin'))
+  if ck and held == '1' then
+    redis.call('HDEL', t, 'ckin')
+    if redis.call('DECR', key.ck_admitted(ck)) <= 0 then redis.call('DEL', key.ck_admitted(ck)) end
+    admit(ck)
+  end
+end
+
 -- A terminal state. Succeeded and cancelled tasks expire after their retention; dead ones stay
 -- as long as they are in the DLQ, which has bounds of its own (dead_letter).
 local function finish(id, state)
@@ -90,6 +139,7 @@ local function finish(id, state)
   redis.call('ZREM', key.active, id)
   redis.call('ZREM', key.delayed, id)
   redis.call('HINCRBY', key.stats, state, 1)
+  leave(id)
   if state ~= 'dead' then
     local retention = tonumber(redis.call('HGET', t, 'retention') or '0')
     if retention and retention > 0 then redis.call('EXPIRE', t, retention) end

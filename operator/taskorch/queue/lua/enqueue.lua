@@ -1,8 +1,9 @@
 -- enqueue(batch). ARGV: groups. A group is what its tasks share, then the tasks:
 --   count, type, prio, max_attempts, policy, timeout_ms, due_ms, delay_ms, deadline_ms,
---   ukey_ttl_ms, notify, cr, retention_s, gen, redact, wf,   then count × (id, payload, idem. key)
--- so a batch of one type sends 3 values a task, not 18 (see Broker.enqueue_many). cr names the
--- Task of a CR-backed task, wf ("name/uid") the Workflow of a step. due_ms is an
+--   ukey_ttl_ms, notify, cr, retention_s, gen, redact, wf, ck, ckmax,
+--   then count × (id, payload, idempotency key)
+-- so a batch of one type sends 3 values a task, not 20 (see Broker.enqueue_many). cr names the
+-- Task of a CR-backed task, wf ("name/uid") the Workflow of a step, ck its concurrency key. due_ms is an
 -- absolute time (runAt); delay_ms is counted from Redis's clock, not the caller's.
 -- Idempotent: an existing task id, or a key held by another id, returns the id already there
 -- (a key held by this very id whose task Redis lost is enqueued again).
@@ -17,7 +18,8 @@ while i <= #ARGV do
   local policy, timeout_ms, due, delay_ms = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   local deadline_ms, ukey_ttl, notify_flag, cr = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local retention, gen, redact, wf = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15]
-  i = i + 16
+  local ck, ckmax = ARGV[i + 16], ARGV[i + 17]
+  i = i + 18
   if delay_ms > 0 then due = math.max(due, now + delay_ms) end
   local state = 'queued'
   if due > now then state = 'scheduled' end
@@ -38,6 +40,8 @@ while i <= #ARGV do
   opt('gen', gen)
   opt('redact', redact)
   opt('wf', wf)
+  opt('ck', ck)
+  opt('ckmax', ckmax)
   local ready = {}
   for j = i, i + 3 * count - 1, 3 do
     local id, payload, ukey = ARGV[j], ARGV[j + 1], ARGV[j + 2]
@@ -53,6 +57,8 @@ while i <= #ARGV do
       redis.call('HSET', key.task(id), 'payload', payload, unpack(fields))
       if state == 'scheduled' then
         redis.call('ZADD', key.delayed, due, id)
+      elseif ck ~= '' then
+        enter(id)  -- waits for its key's slot
       else
         ready[#ready + 1] = id
       end

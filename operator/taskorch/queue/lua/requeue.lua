@@ -8,7 +8,7 @@ for i = 1, #ARGV do
     redis.call('PERSIST', t)
     redis.call('HSET', t, 'failures', 0, 'recoveries', 0, 'handbacks', 0, 'state', 'queued')
     redis.call('HDEL', t, 'finished_ms', 'cancel')
-    redis.call('RPUSH', key.ready(redis.call('HGET', t, 'prio')), id)
+    enter(id)
     notify(id, 'queued')
     out[#out + 1] = id
   end

@@ -81,11 +81,10 @@ if n > 0 and not paused then
   if #due > 0 then wake() end
   for _, id in ipairs(due) do
     redis.call('ZREM', key.delayed, id)
-    local prio = redis.call('HGET', key.task(id), 'prio')
-    if prio then
+    if redis.call('EXISTS', key.task(id)) == 1 then
       redis.call('HSET', key.task(id), 'state', 'queued')
       redis.call('HDEL', key.task(id), 'next_retry_ms')
-      redis.call('RPUSH', key.ready(prio), id)
+      enter(id)  -- a retry keeps its concurrency-key slot; a runAt task waits for one
       notify(id, 'queued')
     end
   end
