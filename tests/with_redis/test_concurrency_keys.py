@@ -89,3 +89,20 @@ async def test_a_requeued_dead_task_waits_for_a_slot_again(broker: Broker) -> No
     assert await claim(broker) == {}  # d2 holds the only slot
     await settle(broker, "d2", second["d2"], Outcome.ok)
     assert list(await claim(broker)) == ["d1"]
+
+
+async def test_a_lost_worker_never_leaves_its_key_blocked(aredis: aioredis.Redis) -> None:
+    from taskorch.queue import keys
+
+    broker = Broker(aredis, Settings(max_recoveries=1))
+    await broker.enqueue_many(NS, Q, [keyed("k1", "K"), keyed("k2", "K")])
+    first = await claim(broker)
+    assert list(first) == ["k1"]
+    await aredis.zadd(keys.active(NS, Q), {"k1": 0}, xx=True)  # its worker died: lease expired
+    again = await claim(broker)
+    assert list(again) == ["k1"], "the recovered task keeps its slot and runs first"
+    await aredis.zadd(keys.active(NS, Q), {"k1": 0}, xx=True)  # lost again: past the limit
+    after = await claim(broker)
+    assert list(after) == ["k2"], "a task dead-lettered as LostWorkerLimit frees its slot"
+    info = await broker.get(NS, Q, "k1")
+    assert info is not None and info.state is State.dead
