@@ -11,8 +11,7 @@ from typing import Any
 import click
 
 from taskorch.api.base import GROUP, VERSION
-
-TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES
 
 
 def _api() -> Any:
@@ -91,7 +90,7 @@ def get(namespace: str, name: str, watch: bool) -> None:
         if text != shown:
             click.echo(text + ("\n" if watch else ""))
             shown = text
-        if not watch or (body.get("status") or {}).get("phase") in TERMINAL:
+        if not watch or (body.get("status") or {}).get("phase") in TERMINAL_WORKFLOW_PHASES:
             return
         time.sleep(1.0)  # a terminal's refresh rate
 

@@ -186,6 +186,11 @@ class WorkflowPhase(StrEnum):
     Cancelled = "Cancelled"
 
 
+TERMINAL_WORKFLOW_PHASES = frozenset(
+    {WorkflowPhase.Succeeded, WorkflowPhase.Failed, WorkflowPhase.Cancelled}
+)
+
+
 class StepPhase(StrEnum):
     Pending = "Pending"  # waiting for its dependencies (or for capacity under parallelism)
     Running = "Running"  # enqueued, not ended (queued, running or retrying items)

@@ -8,6 +8,7 @@ from typing import Any
 
 from taskorch.api.base import format_duration
 from taskorch.api.workflow import (
+    TERMINAL_WORKFLOW_PHASES,
     StepFailure,
     StepPhase,
     StepSummary,
@@ -20,7 +21,6 @@ from taskorch.controller.health import with_health
 from taskorch.controller.status import RESULT_INLINE_BYTES, condition, timestamp
 from taskorch.queue.model import TaskInfo, dumps, size_in_bytes
 
-TERMINAL = {WorkflowPhase.Succeeded, WorkflowPhase.Failed, WorkflowPhase.Cancelled}
 Items = Mapping[str, Mapping[int, TaskInfo]]  # step -> item index (0 if plain) -> record
 
 
@@ -86,7 +86,7 @@ def workflow_status(
 ) -> dict[str, Any]:
     steps = [_summary(v, items.get(v.name, {}), errors) for v in adv.steps]
     started = [s.start_time for s in steps if s.start_time]
-    terminal = adv.phase in TERMINAL
+    terminal = adv.phase in TERMINAL_WORKFLOW_PHASES
     finished = [r.finished_ms for recs in items.values() for r in recs.values() if r.finished_ms]
     completion_ms = (max(finished) if finished else now_ms) if terminal else None
     if adv.phase is WorkflowPhase.Succeeded:

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import priority_level
-from taskorch.api.workflow import WorkflowPhase, WorkflowSpec, WorkflowStep
+from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES, WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
 from taskorch.controller.expiry import Expiries
@@ -38,7 +38,7 @@ from taskorch.controller.templating import MissingReference, render
 from taskorch.controller.workflow_status import invalid_status, step_result, workflow_status
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef, TaskRequest, dumps, now_ms
+from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef, TaskRequest, dumps, now_ms, text
 
 log = logging.getLogger("taskorch.workflows")
 RESOURCE = (GROUP, VERSION, "workflows")
@@ -86,7 +86,7 @@ class WorkflowRunner:
             return
         self.bodies[uid] = body
         phase = (body.get("status") or {}).get("phase")
-        self.expiries.follow(body, finished=phase in ("Succeeded", "Failed", "Cancelled"))
+        self.expiries.follow(body, finished=phase in TERMINAL_WORKFLOW_PHASES)
         generation = int(meta.get("generation") or 1)
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         if retry and await self._retry(meta["namespace"], uid, retry):
@@ -119,7 +119,7 @@ class WorkflowRunner:
             await asyncio.sleep(resync_seconds)
             for uid, body in list(self.bodies.items()):
                 phase = self.written.get(uid, {}).get("phase")
-                if phase in ("Succeeded", "Failed", "Cancelled"):
+                if phase in TERMINAL_WORKFLOW_PHASES:
                     continue
                 meta = body["metadata"]
                 try:
@@ -135,7 +135,7 @@ class WorkflowRunner:
         again), what they skipped follows, and finally runs again; succeeded steps keep their
         results. Returns whether a retry was done now."""
         state_key = keys.workflow(namespace, uid)
-        saved = {_s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()}
+        saved = await self._load(state_key)
         if saved.get("retried") == token or "spec" not in saved:
             return False
         spec = WorkflowSpec.model_validate(json.loads(saved["spec"]))
@@ -162,6 +162,11 @@ class WorkflowRunner:
 
     # -- reconcile ------------------------------------------------------------------------------
 
+    async def _load(self, state_key: str) -> dict[str, str]:
+        """The workflow's decisions hash (keys.workflow), decoded."""
+        raw = await self.broker.redis.hgetall(state_key)
+        return {text(k): text(v) for k, v in raw.items()}
+
     async def reconcile(self, namespace: str, name: str, uid: str) -> None:
         async with self.locks[uid]:
             body = self.bodies.get(uid) or await self.kube.get("workflows", namespace, name)
@@ -181,7 +186,7 @@ class WorkflowRunner:
         uid, generation = meta["uid"], meta.get("generation")
         created_ms = int(epoch_seconds(meta["creationTimestamp"]) * 1000)
         state_key = keys.workflow(namespace, uid)
-        saved = {_s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()}
+        saved = await self._load(state_key)
         if saved.get("ended") and body.get("status"):
             # Ended: its step records may have expired since, and must not look like steps
             # never run. Only a retry (which clears the mark) makes it run again.
@@ -219,7 +224,7 @@ class WorkflowRunner:
         if spec.cancel or deadline_passed:
             await self._cancel_steps(namespace, body, uid, spec, saved, records)
         errors = {k.removeprefix("error:"): v for k, v in saved.items() if k.startswith("error:")}
-        if adv.phase in (WorkflowPhase.Succeeded, WorkflowPhase.Failed, WorkflowPhase.Cancelled):
+        if adv.phase in TERMINAL_WORKFLOW_PHASES:
             await self.broker.redis.hset(state_key, "ended", adv.phase.value)
         return workflow_status(
             spec, adv, records, results, errors, generation, created_ms, now_ms()
@@ -327,9 +332,7 @@ class WorkflowRunner:
             if spec is None or saved is None or records is None:
                 live = body.get("spec") or {}
                 state_key = keys.workflow(namespace, uid)
-                saved = {
-                    _s(k): _s(v) for k, v in (await self.broker.redis.hgetall(state_key)).items()
-                }
+                saved = await self._load(state_key)
                 document = json.loads(saved["spec"]) if "spec" in saved else live
                 spec = WorkflowSpec.model_validate(
                     {k: v for k, v in document.items() if k not in LIVE_FIELDS}
@@ -342,10 +345,6 @@ class WorkflowRunner:
                         await self.broker.cancel(namespace, info.queue, info.id)
         except (*REDIS_ERRORS, ValidationError) as e:
             log.warning("could not cancel the steps of workflow %s/%s: %s", namespace, uid, e)
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _observed(

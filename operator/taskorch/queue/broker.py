@@ -25,16 +25,13 @@ from taskorch.queue.model import (
     TaskRequest,
     dumps,
     size_in_bytes,
+    text,
 )
 from taskorch.queue.scripts import Scripts
 from taskorch.settings import Settings
 
 CLAIM_FIELDS = 10  # per claimed task in settle_claim's reply
 log = logging.getLogger("taskorch.queue")
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _shared_fields(r: TaskRequest) -> tuple[Any, ...]:
@@ -112,7 +109,7 @@ class Broker:
         )
         if unregistered:
             await self._register(namespace, queue)
-        return [_s(i) for i in ids]
+        return [text(i) for i in ids]
 
     async def _register(self, namespace: str, queue: str) -> None:
         """Add the queue to the registry the operator and the CLI read. The registry lives outside
@@ -149,7 +146,7 @@ class Broker:
         )
         claimed = []
         for i in range(0, len(flat), CLAIM_FIELDS):
-            f = [_s(v) for v in flat[i : i + CLAIM_FIELDS]]
+            f = [text(v) for v in flat[i : i + CLAIM_FIELDS]]
             claimed.append(
                 Claimed(
                     id=f[0],
@@ -165,7 +162,7 @@ class Broker:
                 )
             )
         due = int(next_due) if next_due not in (None, b"", "") else None
-        return ClaimResult([_s(r) for r in rejected], claimed, due)
+        return ClaimResult([text(r) for r in rejected], claimed, due)
 
     async def extend(
         self,
@@ -180,7 +177,7 @@ class Broker:
         for lease in leases:
             argv += lease
         lost, cancels = await self.scripts.extend(keys=[keys.prefix(namespace, queue)], args=argv)
-        return [_s(i) for i in lost], [_s(i) for i in cancels]
+        return [text(i) for i in lost], [text(i) for i in cancels]
 
     async def cancel(
         self, namespace: str, queue: str, task_id: str, generation: int | None = None
@@ -190,13 +187,13 @@ class Broker:
             keys=[keys.prefix(namespace, queue)],
             args=[task_id, "" if generation is None else generation],
         )
-        return _s(state) if state else None
+        return text(state) if state else None
 
     async def requeue_dead(self, namespace: str, queue: str, ids: Sequence[str]) -> list[str]:
         if not ids:
             return []
         revived = await self.scripts.requeue(keys=[keys.prefix(namespace, queue)], args=ids)
-        return [_s(i) for i in revived]
+        return [text(i) for i in revived]
 
     async def purge_dead(self, namespace: str, queue: str) -> int:
         return int(await self.scripts.purge(keys=[keys.prefix(namespace, queue)], args=[]))
@@ -212,7 +209,7 @@ class Broker:
             raws = await p.execute()
         out: list[TaskInfo | None] = []
         for (ns, q, task_id), raw in zip(refs, raws, strict=True):
-            h = {_s(k): _s(v) for k, v in raw.items()}
+            h = {text(k): text(v) for k, v in raw.items()}
             out.append(TaskInfo.from_hash(ns, q, task_id, h) if h else None)
         return out
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import TaskInfo, TaskRef, now_ms
+from taskorch.queue.model import TaskInfo, TaskRef, now_ms, text
 
 PRIORITIES = range(9, -1, -1)
 
@@ -36,7 +36,7 @@ class Inspector:
 
     async def queues(self) -> list[tuple[str, str]]:
         """Every (namespace, queue) ever enqueued to, sorted."""
-        refs = sorted(_s(r) for r in await self.redis.smembers(keys.QUEUES))
+        refs = sorted(text(r) for r in await self.redis.smembers(keys.QUEUES))
         return [keys.split_queue_ref(r) for r in refs]
 
     async def stats(self, namespace: str, queue: str) -> QueueStats:
@@ -52,7 +52,7 @@ class Inspector:
                 pipe.lindex(keys.ready(namespace, queue, prio), 0)
             res = await pipe.execute()
         n = len(PRIORITIES)
-        heads = [_s(h) for h in res[n + 4 :] if h]
+        heads = [text(h) for h in res[n + 4 :] if h]
         oldest_ms: int | None = None
         if heads:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -79,7 +79,7 @@ class Inspector:
     ) -> list[str]:
         """A page of the DLQ, oldest first."""
         ids = await self.redis.zrange(keys.dead(namespace, queue), offset, offset + limit - 1)
-        return [_s(i) for i in ids]
+        return [text(i) for i in ids]
 
     async def dead_tasks(
         self, namespace: str, queue: str, offset: int = 0, limit: int = 100
@@ -87,7 +87,3 @@ class Inspector:
         ids = await self.dead_ids(namespace, queue, offset, limit)
         infos = await self.broker.get_many([TaskRef(namespace, queue, i) for i in ids])
         return [i for i in infos if i is not None]
-
-
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

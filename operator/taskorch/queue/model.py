@@ -45,6 +45,11 @@ class TaskRef(NamedTuple):
     id: str
 
 
+def text(value: Any) -> str:
+    """A Redis reply value as str (replies are bytes unless the client decodes them)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
