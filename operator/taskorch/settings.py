@@ -33,26 +33,6 @@ class Settings(BaseSettings):
     )
     namespace: str = Field(default="default", description="Kubernetes namespace of the queues.")
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease on a running attempt.")
-    max_recoveries: int = Field(default=3, ge=0, description="Lost-worker recoveries per task.")
-    dlq_cap: int = Field(default=10_000, ge=1, description="Dead tasks kept per queue.")
-    dlq_retention_seconds: int = Field(
-        default=7 * 86_400,
-        ge=0,
-        description="How long a dead task stays in the DLQ, its data with it (0: until the cap "
-        "pushes it out).",
-    )
-    handback_limit: int = Field(
-        default=5,
-        ge=0,
-        description="How often workers without a task's handler may hand it back before it is "
-        "dead-lettered as UnknownTaskType (a rolling upgrade, two apps on one queue).",
-    )
-    handback_delay_seconds: float = Field(
-        default=1.0,
-        ge=0,
-        description="Delay before a handed-back task can be claimed again; doubles each time.",
-    )
-    result_retention_seconds: int = Field(default=86_400, ge=1, description="Finished tasks kept.")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1, description="Keys held this long.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     resync_seconds: float = Field(

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import Outcome, Settlement, State, TaskRequest
-from taskorch.settings import Settings
+from taskorch.queue.policy import QueuePolicy
 
 NS, Q = "team-ck", "default"
 ERR = json.dumps({"type": "E", "reason": "HandlerError"})
@@ -19,7 +19,7 @@ ERR = json.dumps({"type": "E", "reason": "HandlerError"})
 
 @pytest.fixture
 async def broker(aredis: aioredis.Redis) -> Broker:
-    return Broker(aredis, Settings())
+    return Broker(aredis)
 
 
 def keyed(task_id: str, key: str, n: int = 1) -> TaskRequest:
@@ -27,7 +27,7 @@ def keyed(task_id: str, key: str, n: int = 1) -> TaskRequest:
 
 
 async def claim(broker: Broker, n: int = 10) -> dict[str, str]:
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], n)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w", [], n)
     return {c.id: c.fence for c in claimed}
 
 
@@ -94,7 +94,8 @@ async def test_a_requeued_dead_task_waits_for_a_slot_again(broker: Broker) -> No
 async def test_a_lost_worker_never_leaves_its_key_blocked(aredis: aioredis.Redis) -> None:
     from taskorch.queue import keys
 
-    broker = Broker(aredis, Settings(max_recoveries=1))
+    broker = Broker(aredis)
+    await broker.configure(NS, Q, QueuePolicy(max_recoveries=1))
     await broker.enqueue_many(NS, Q, [keyed("k1", "K"), keyed("k2", "K")])
     first = await claim(broker)
     assert list(first) == ["k1"]

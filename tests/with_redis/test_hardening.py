@@ -17,18 +17,20 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.connection import warn_unless_noeviction
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import Claimed, Outcome, Settlement, State, TaskRequest
-from taskorch.settings import Settings
+from taskorch.queue.policy import DEFAULTS, QueuePolicy
 
 NS, Q = "team-h", "default"
 
 
 @pytest.fixture
 async def broker(aredis: aioredis.Redis) -> Broker:
-    return Broker(aredis, Settings(max_recoveries=3, dlq_cap=100))
+    broker = Broker(aredis)
+    await broker.configure(NS, Q, QueuePolicy(max_recoveries=3, dlq_cap=100))
+    return broker
 
 
 async def claim_one(broker: Broker, worker: str = "w") -> Claimed:
-    _, [c], _ = await broker.settle_claim(NS, Q, worker, [], 1)
+    _, [c], _, _ = await broker.settle_claim(NS, Q, worker, [], 1)
     return c
 
 
@@ -43,7 +45,7 @@ async def expire_lease(broker: Broker, task_id: str) -> None:
 
 async def test_1_history_that_cjson_cannot_decode_does_not_abort_the_batch(broker: Broker) -> None:
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id="bad"), TaskRequest("t", id="good")])
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], 2)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w", [], 2)
     fences = {c.id: c.fence for c in claimed}
     # What json.dumps writes for a lone surrogate; cjson.decode refuses it.
     poisoned = Settlement("bad", fences["bad"], Outcome.retry, '{"type":"E"}', 0, None)
@@ -56,7 +58,7 @@ async def test_1_history_that_cjson_cannot_decode_does_not_abort_the_batch(broke
         "w",
         30_000,
         0,
-        *broker._limits(),
+        *DEFAULTS.limits(),
         *argv,
         *Settlement("good", fences["good"], Outcome.ok, "1").argv(),
     )
@@ -68,7 +70,7 @@ async def test_1_history_that_cjson_cannot_decode_does_not_abort_the_batch(broke
 async def test_4_cancel_wins_over_failure_drain_lost_worker_and_hand_back(broker: Broker) -> None:
     ids = ["failed", "released", "lost", "handed"]
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id=i) for i in ids])
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], 4)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w", [], 4)
     fence = {c.id: c.fence for c in claimed}
     for i in ids:
         assert await broker.cancel(NS, Q, i) == "active"
@@ -88,7 +90,7 @@ async def test_4_cancel_wins_over_failure_drain_lost_worker_and_hand_back(broker
     await broker.settle_claim(NS, Q, "w2", [], 0)  # reaps
     for i in ids:
         assert await state(broker, i) is State.cancelled, i
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w3", [], 10)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w3", [], 10)
     assert claimed == [], "a cancelled task was handed out again"
 
 
@@ -106,7 +108,7 @@ async def test_8_leases_run_on_redis_clock_not_the_callers(broker: Broker) -> No
     # A worker whose clock runs a minute fast claims: the 30 s lease must still be live.
     with mock.patch("time.time", return_value=time.time() + 60):
         await broker.enqueue_many(NS, Q, [TaskRequest("t", id="y")])
-        _, claimed, _ = await broker.settle_claim(NS, Q, "fast-clock", [], 5)
+        _, claimed, _, _ = await broker.settle_claim(NS, Q, "fast-clock", [], 5)
     assert [c.id for c in claimed] == ["y"], "a live lease was taken by a fast clock"
     info = await broker.get(NS, Q, "x")
     assert info is not None and info.state is State.active and info.owner == "honest"
@@ -143,9 +145,10 @@ async def test_10_sdk_bad_retry_policy_is_refused_at_enqueue(redis_url: str) -> 
 
 
 async def test_11_dead_tasks_keep_their_data_for_the_dlq_retention(aredis: aioredis.Redis) -> None:
-    broker = Broker(aredis, Settings(dlq_cap=100, dlq_retention_seconds=3600))
+    broker = Broker(aredis)
+    await broker.configure(NS, Q, QueuePolicy(dlq_cap=100, dlq_retention_seconds=3600))
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id=i) for i in ("old", "new")])
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], 2)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w", [], 2)
     fences = {c.id: c.fence for c in claimed}
     await broker.settle_claim(NS, Q, "w", [Settlement("old", fences["old"], Outcome.dead, "{}")], 0)
     # A dead task does not expire with the result retention while it is in the DLQ.
@@ -171,7 +174,8 @@ async def test_12_a_failed_registry_write_is_retried_by_the_next_enqueue(
 
 
 async def test_13_hand_back_is_not_an_attempt_and_is_bounded(aredis: aioredis.Redis) -> None:
-    broker = Broker(aredis, Settings(handback_limit=2, handback_delay_seconds=0))
+    broker = Broker(aredis)
+    await broker.configure(NS, Q, QueuePolicy(handback_limit=2, handback_delay_seconds=0))
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id="x", notify=True)])
     err = json.dumps({"type": "UnknownTaskType", "reason": "UnknownTaskType", "message": "m"})
     for _ in range(2):
@@ -193,7 +197,7 @@ async def test_minor_expired_leases_are_recovered_while_paused_and_by_heartbeats
     broker: Broker,
 ) -> None:
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id="lost"), TaskRequest("t", id="busy")])
-    _, claimed, _ = await broker.settle_claim(NS, Q, "w", [], 2)
+    _, claimed, _, _ = await broker.settle_claim(NS, Q, "w", [], 2)
     busy = next(c for c in claimed if c.id == "busy")
     await broker.pause(NS, Q)
     await expire_lease(broker, "lost")
@@ -248,7 +252,8 @@ async def test_a_retry_past_the_deadline_is_dead_lettered_as_deadline_exceeded(
 
 
 async def test_11_the_dlq_retention_is_kept_by_claims_too(aredis: aioredis.Redis) -> None:
-    broker = Broker(aredis, Settings(dlq_retention_seconds=3600))
+    broker = Broker(aredis)
+    await broker.configure(NS, Q, QueuePolicy(dlq_retention_seconds=3600))
     await broker.enqueue_many(NS, Q, [TaskRequest("t", id="old")])
     c = await claim_one(broker)
     await broker.settle_claim(NS, Q, "w", [Settlement("old", c.fence, Outcome.dead, "{}")], 0)

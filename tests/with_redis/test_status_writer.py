@@ -59,7 +59,7 @@ async def run_to_success(broker: Broker, task_id: str) -> None:
     await broker.enqueue_many(
         NS, Q, [TaskRequest("t", id=task_id, notify=True, cr_name=f"cr-{task_id}", generation=1)]
     )
-    _, [claimed], _ = await broker.settle_claim(NS, Q, "w", [], 1)
+    _, [claimed], _, _ = await broker.settle_claim(NS, Q, "w", [], 1)
     await broker.settle_claim(NS, Q, "w", [Settlement(task_id, claimed.fence, Outcome.ok, "7")], 0)
 
 

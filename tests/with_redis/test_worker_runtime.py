@@ -20,7 +20,7 @@ from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import ClaimResult, Outcome, State, TaskInfo, TaskRequest
-from taskorch.settings import Settings
+from taskorch.queue.policy import QueuePolicy
 from taskorch.supervise import LoopEnded
 from taskorch.worker.runner import Worker
 from tests.support import async_wait_for
@@ -58,7 +58,12 @@ async def ended(broker: Broker, task_id: str, queue: str = "default") -> TaskInf
 
 @pytest.fixture
 async def broker(aredis: aioredis.Redis) -> Broker:
-    return Broker(aredis, Settings(handback_limit=3, handback_delay_seconds=0.05))
+    broker = Broker(aredis)
+    # hand-backs come back fast here (default: 1 s, doubling)
+    await broker.configure(
+        NS, "default", QueuePolicy(handback_limit=3, handback_delay_seconds=0.05)
+    )
+    return broker
 
 
 async def test_1_a_lone_surrogate_in_an_error_does_not_kill_the_worker(broker: Broker) -> None:

@@ -27,6 +27,7 @@ from taskorch.queue.model import (
     size_in_bytes,
     text,
 )
+from taskorch.queue.policy import DEFAULTS, QueuePolicy
 from taskorch.queue.scripts import Scripts
 from taskorch.settings import Settings
 
@@ -69,17 +70,6 @@ class Broker:
     async def close(self) -> None:
         await self.redis.aclose()
 
-    def _limits(self) -> list[int]:
-        """The 5 limits every settling script reads (common.lua, read_limits)."""
-        s = self.settings
-        return [
-            s.max_recoveries,
-            s.dlq_cap,
-            s.dlq_retention_seconds * 1000,
-            s.handback_limit,
-            int(s.handback_delay_seconds * 1000),
-        ]
-
     async def enqueue_many(
         self, namespace: str, queue: str, requests: Sequence[TaskRequest]
     ) -> list[str]:
@@ -103,7 +93,7 @@ class Broker:
             notify, cr, gen, redact, workflow, ck, ckmax = rest
             argv += [len(tasks) // 3, type_, prio, max_attempts, policy, timeout_ms, due, delay]
             argv += [deadline, s.idempotency_ttl_seconds * 1000, notify, cr]
-            argv += [s.result_retention_seconds, gen, redact, workflow, ck, ckmax, *tasks]
+            argv += [DEFAULTS.result_retention_seconds, gen, redact, workflow, ck, ckmax, *tasks]
         unregistered, ids = await self.scripts.enqueue(
             keys=[keys.prefix(namespace, queue)], args=argv
         )
@@ -138,10 +128,10 @@ class Broker:
         Returns the ids whose settlement the fence rejected, the claimed attempts and how long
         until the next delayed task falls due (ms, None when there is none)."""
         lease_ms = int((lease_seconds or self.settings.lease_seconds) * 1000)
-        argv: list[Any] = [worker, lease_ms, n, *self._limits()]
+        argv: list[Any] = [worker, lease_ms, n, *DEFAULTS.limits()]
         for st in settlements:
             argv += st.argv()
-        rejected, flat, next_due = await self.scripts.settle_claim(
+        rejected, flat, next_due, queue_retry = await self.scripts.settle_claim(
             keys=[keys.prefix(namespace, queue)], args=argv
         )
         claimed = []
@@ -162,7 +152,8 @@ class Broker:
                 )
             )
         due = int(next_due) if next_due not in (None, b"", "") else None
-        return ClaimResult([text(r) for r in rejected], claimed, due)
+        default_retry = json.loads(queue_retry) if queue_retry else None
+        return ClaimResult([text(r) for r in rejected], claimed, due, default_retry)
 
     async def extend(
         self,
@@ -173,7 +164,7 @@ class Broker:
     ) -> tuple[list[str], list[str]]:
         """Renew (id, fence, progress JSON or "") leases in one call, storing progress while the
         lease is still ours; returns (lost ids, ids whose cancellation was requested)."""
-        argv: list[Any] = [int(lease_seconds * 1000), *self._limits()]
+        argv: list[Any] = [int(lease_seconds * 1000), *DEFAULTS.limits()]
         for lease in leases:
             argv += lease
         lost, cancels = await self.scripts.extend(keys=[keys.prefix(namespace, queue)], args=argv)
@@ -213,9 +204,18 @@ class Broker:
             out.append(TaskInfo.from_hash(ns, q, task_id, h) if h else None)
         return out
 
+    async def configure(self, namespace: str, queue: str, policy: QueuePolicy | None) -> None:
+        """Write the queue's policy (its TaskQueue's) into its `config` hash; None: defaults."""
+        config = policy.config() if policy else {}
+        argv = [v for item in config.items() for v in item]
+        await self.scripts.configure(keys=[keys.prefix(namespace, queue)], args=argv)
+
+    async def config(self, namespace: str, queue: str) -> dict[str, str]:
+        raw = await self.redis.hgetall(keys.config(namespace, queue))
+        return {text(k): text(v) for k, v in raw.items()}
+
     async def pause(self, namespace: str, queue: str) -> None:
-        await self.redis.set(keys.paused(namespace, queue), "1")
+        await self.scripts.set_paused(keys=[keys.prefix(namespace, queue)], args=["1"])
 
     async def resume(self, namespace: str, queue: str) -> None:
-        await self.redis.delete(keys.paused(namespace, queue))
-        await self.redis.rpush(keys.marker(namespace, queue), "1")  # wake the workers held
+        await self.scripts.set_paused(keys=[keys.prefix(namespace, queue)], args=["0"])

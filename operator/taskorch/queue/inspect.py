@@ -47,7 +47,7 @@ class Inspector:
             pipe.zcard(keys.active(namespace, queue))
             pipe.zcard(keys.delayed(namespace, queue))
             pipe.zcard(keys.dead(namespace, queue))
-            pipe.exists(keys.paused(namespace, queue))
+            pipe.hexists(keys.config(namespace, queue), "paused")
             for prio in PRIORITIES:
                 pipe.lindex(keys.ready(namespace, queue, prio), 0)
             res = await pipe.execute()

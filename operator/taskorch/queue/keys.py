@@ -20,7 +20,8 @@ FIXED = (
     "marker",  # list: wake-ups for blocked workers
     "events",  # stream: state changes of CR-backed tasks, for the operator's status writer
     "stats",  # hash: counters
-    "paused",  # string: present while the queue is paused
+    "config",  # hash: the queue's policy from its TaskQueue (queue/policy.py)
+    "rate",  # hash: the rate limit's token bucket (tokens, ms)
     "registered",  # string: present once the queue is in QUEUES
 )
 
@@ -82,8 +83,12 @@ def stats(namespace: str, queue: str) -> str:
     return f"{prefix(namespace, queue)}stats"
 
 
-def paused(namespace: str, queue: str) -> str:
-    return f"{prefix(namespace, queue)}paused"
+def config(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}config"
+
+
+def rate(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}rate"
 
 
 def registered(namespace: str, queue: str) -> str:

@@ -132,7 +132,8 @@ class ClaimResult(NamedTuple):
 
     rejected: list[str]  # settlements the fence refused (a zombie's)
     claimed: list[Claimed]
-    next_due_in_ms: int | None  # how long until the next delayed task falls due
+    next_due_in_ms: int | None  # how long until the next delayed task or rate-limit token
+    default_retry: dict[str, Any] | None = None  # the queue's TaskQueue defaultRetry
 
 
 @dataclass(slots=True)

@@ -8,7 +8,16 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-NAMES = ("enqueue", "settle_claim", "extend", "cancel", "requeue", "purge")
+NAMES = (
+    "enqueue",
+    "settle_claim",
+    "extend",
+    "cancel",
+    "requeue",
+    "purge",
+    "configure",
+    "set_paused",
+)
 
 
 @cache
@@ -27,3 +36,5 @@ class Scripts:
         self.cancel: AsyncScript = client.register_script(source("cancel"))
         self.requeue: AsyncScript = client.register_script(source("requeue"))
         self.purge: AsyncScript = client.register_script(source("purge"))
+        self.configure: AsyncScript = client.register_script(source("configure"))
+        self.set_paused: AsyncScript = client.register_script(source("set_paused"))

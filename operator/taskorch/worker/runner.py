@@ -83,6 +83,7 @@ class Worker:
         self.pending: dict[str, list[Settlement]] = {q: [] for q in self.queues}
         self.progress: dict[str, dict[str, str]] = {q: {} for q in self.queues}
         self.next_due_at: dict[str, float] = {}  # per queue: monotonic time a delayed task is due
+        self.queue_retry: dict[str, dict[str, Any] | None] = {}  # per queue: its defaultRetry
         self.wake = asyncio.Event()
         self.has_capacity = asyncio.Event()
         self.draining = False
@@ -187,6 +188,7 @@ class Worker:
             raise
         if result.rejected:
             log.warning("stale settlements rejected by fence: %s", result.rejected)
+        self.queue_retry[queue] = result.default_retry
         for c in result.claimed:
             self._start(c, queue)
         if result.next_due_in_ms is None:
@@ -373,7 +375,14 @@ class Worker:
         except (ValidationError, ValueError) as e:
             return dead(e, Reason.InvalidPayload)
         try:
-            policy = Retry.from_spec(c.policy) if c.policy else handler.retry or DEFAULT_RETRY
+            # The most specific wins: the task's own, its handler's, its queue's, the default.
+            queue_retry = self.queue_retry.get(r.queue)
+            policy = (
+                Retry.from_spec(c.policy)
+                if c.policy
+                else handler.retry
+                or (Retry.from_spec(queue_retry) if queue_retry else DEFAULT_RETRY)
+            )
         except (ValidationError, ValueError, TypeError) as e:
             return dead(e, Reason.InvalidRetryPolicy)
         ctx = Context(

@@ -10,7 +10,8 @@ local key = {
   marker = prefix .. 'marker',
   events = prefix .. 'events',
   stats = prefix .. 'stats',
-  paused = prefix .. 'paused',
+  config = prefix .. 'config',
+  rate = prefix .. 'rate',
   registered = prefix .. 'registered',
 }
 function key.task(id) return prefix .. 't:' .. id end
@@ -29,16 +30,26 @@ local now = (function()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end)()
 
--- The queue's limits, passed by the caller as 5 values from ARGV[i]: how often a task may lose
--- its worker, the DLQ's size and age bounds, and how often workers lacking a handler may hand a
--- task back (and the first hand-back's delay) before it is dead-lettered.
+-- The queue's policy: the fields of its `config` hash (written from its TaskQueue by the
+-- operator), else the defaults the caller passes as 5 values from ARGV[i] (QueuePolicy's, the
+-- same for every caller): how often a task may lose its worker, the DLQ's size and age bounds,
+-- how often workers lacking a handler may hand a task back (and the first delay); then pause,
+-- rate limit, the queue-wide cap on running tasks and the default retry policy (JSON).
 local function read_limits(i)
+  local c = redis.call('HMGET', key.config, 'max_recoveries', 'dlq_cap', 'dlq_retention_ms',
+    'handback_limit', 'handback_delay_ms', 'paused', 'rate_tasks', 'rate_per_ms',
+    'max_concurrent', 'retry')
   return {
-    max_recoveries = tonumber(ARGV[i]),
-    dlq_cap = tonumber(ARGV[i + 1]),
-    dlq_retention_ms = tonumber(ARGV[i + 2]),
-    handback_limit = tonumber(ARGV[i + 3]),
-    handback_delay_ms = tonumber(ARGV[i + 4]),
+    max_recoveries = tonumber(c[1]) or tonumber(ARGV[i]),
+    dlq_cap = tonumber(c[2]) or tonumber(ARGV[i + 1]),
+    dlq_retention_ms = tonumber(c[3]) or tonumber(ARGV[i + 2]),
+    handback_limit = tonumber(c[4]) or tonumber(ARGV[i + 3]),
+    handback_delay_ms = tonumber(c[5]) or tonumber(ARGV[i + 4]),
+    paused = c[6] == '1',
+    rate_tasks = tonumber(c[7]) or 0,
+    rate_per_ms = tonumber(c[8]) or 0,
+    max_concurrent = tonumber(c[9]) or 0,
+    retry = c[10] or '',
   }
 end
 
@@ -47,6 +58,13 @@ end
 -- one whose claim found it due.)
 local function wake()
   if redis.call('LLEN', key.marker) == 0 then redis.call('RPUSH', key.marker, '1') end
+end
+
+-- wake, when any ready work waits.
+local function wake_if_ready()
+  for p = 9, 0, -1 do
+    if redis.call('LLEN', key.ready(p)) > 0 then wake() return end
+  end
 end
 
 -- A state change on the stream the operator's status writer consumes.

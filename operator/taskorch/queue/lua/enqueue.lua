@@ -8,7 +8,9 @@
 -- Idempotent: an existing task id, or a key held by another id, returns the id already there
 -- (a key held by this very id whose task Redis lost is enqueued again).
 -- Zero and empty fields are not stored: readers treat a missing field as 0 / empty.
+-- The queue's resultRetention (config hash) wins over the caller's default retention_s.
 -- Returns {1 if the queue is not yet in the registry (the caller adds it), the ids}.
+local queue_retention = redis.call('HGET', key.config, 'result_retention_s')
 local unregistered = redis.call('EXISTS', key.registered) == 0 and 1 or 0
 local out = {}
 local created = 0
@@ -17,7 +19,7 @@ while i <= #ARGV do
   local count, ttype, prio, max_attempts = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local policy, timeout_ms, due, delay_ms = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   local deadline_ms, ukey_ttl, notify_flag, cr = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
-  local retention, gen, redact, wf = ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15]
+  local retention, gen, redact, wf = queue_retention or ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15]
   local ck, ckmax = ARGV[i + 16], ARGV[i + 17]
   i = i + 18
   if delay_ms > 0 then due = math.max(due, now + delay_ms) end

@@ -2,8 +2,9 @@
 -- ARGV: worker, lease_ms, n, 5 limits (common.lua read_limits), then 6 fields per settlement:
 -- id, fence, outcome (ok|retry|dead|cancelled|release|handback), data, delay_ms, history.
 -- data is the result JSON for ok and the error JSON otherwise; delay_ms the retry's backoff.
--- Returns {rejected ids, claimed tasks (10 fields each), ms until the next delayed task falls
--- due or ''}.
+-- Returns {rejected ids, claimed tasks (10 fields each), ms until the worker should look again
+-- (the next delayed task falls due, or the rate limit's next token) or '', the queue's default
+-- retry policy (JSON) or ''}.
 local worker, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local limits = read_limits(4)
 local rejected = {}
@@ -74,8 +75,36 @@ end
 
 reap(limits)
 local claimed = {}
-local paused = redis.call('EXISTS', key.paused) == 1
-if n > 0 and not paused then
+local paused = limits.paused
+
+-- The queue's rate limit, a token bucket in Redis time: `rate_tasks` tokens a `rate_per_ms`,
+-- at most one period's worth saved up. Returns how many claims it allows now.
+local bucket_tokens = nil
+local function tokens_allowed()
+  if limits.rate_tasks <= 0 or limits.rate_per_ms <= 0 then return n end
+  local b = redis.call('HMGET', key.rate, 'tokens', 'ms')
+  local cap = limits.rate_tasks
+  local tokens = tonumber(b[1]) or cap
+  local last = tonumber(b[2]) or now
+  bucket_tokens = math.min(cap, tokens + (now - last) * cap / limits.rate_per_ms)
+  return math.floor(bucket_tokens)
+end
+local function spend_tokens(count)
+  if bucket_tokens == nil then return end
+  bucket_tokens = bucket_tokens - count
+  redis.call('HSET', key.rate, 'tokens', tostring(bucket_tokens), 'ms', now)
+  redis.call('PEXPIRE', key.rate, limits.rate_per_ms * 2 + 1000)
+end
+-- How many more may run at once under the queue-wide maxConcurrent.
+local function room()
+  if limits.max_concurrent <= 0 then return n end
+  return math.max(0, limits.max_concurrent - redis.call('ZCARD', key.active))
+end
+
+local asked, want = n, n
+if n > 0 and not paused then want = math.min(n, tokens_allowed(), room()) end
+if want > 0 and not paused then
+  local n = want
   -- Due delayed work (runAt, retry backoff, hand-backs) becomes ready.
   local due = redis.call('ZRANGE', key.delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, 256)
   if #due > 0 then wake() end
@@ -121,18 +150,26 @@ if n > 0 and not paused then
     end
     if #claimed >= n * CLAIM_FIELDS or skipped >= MAX_SKIPS then break end
   end
-  if #claimed >= n * CLAIM_FIELDS or skipped >= MAX_SKIPS then
-    for p = 9, 0, -1 do
-      if redis.call('LLEN', key.ready(p)) > 0 then wake() break end
-    end
+  spend_tokens(#claimed / CLAIM_FIELDS)
+  if (#claimed >= n * CLAIM_FIELDS and want == asked) or skipped >= MAX_SKIPS then
+    wake_if_ready()
   end
 end
--- How long until the next delayed task falls due (runAt, retry backoff): an idle worker sleeps
--- until then without asking Redis again. Paused: nothing is due until resume, whose marker wakes
--- workers. Relative, so the worker's own clock does not matter.
+-- A settlement freed a slot of a queue-wide cap that held work back: a blocked worker may take it.
+if limits.max_concurrent > 0 and #ARGV > 8 and not paused and room() > 0 then
+  wake_if_ready()
+end
+-- How long until the next delayed task falls due (runAt, retry backoff), or the rate limit's
+-- next token while ready work waits for one: an idle worker sleeps until then without asking
+-- Redis again. Paused: nothing is due until resume, whose marker wakes workers. Relative, so the
+-- worker's own clock does not matter.
 local next_due = ''
 if not paused then
-  local head = redis.call('ZRANGE', key.delayed, 0, 0, 'WITHSCORES')
-  if head[2] then next_due = math.max(0, tonumber(head[2]) - now) end
+  if bucket_tokens ~= nil and bucket_tokens < 1 then
+    next_due = math.ceil((1 - bucket_tokens) * limits.rate_per_ms / limits.rate_tasks)
+  elseif not (asked > 0 and want == 0) then  -- held back by maxConcurrent: a settlement wakes
+    local head = redis.call('ZRANGE', key.delayed, 0, 0, 'WITHSCORES')
+    if head[2] then next_due = math.max(0, tonumber(head[2]) - now) end
+  end
 end
-return {rejected, claimed, next_due}
+return {rejected, claimed, next_due, limits.retry}
