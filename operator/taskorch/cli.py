@@ -322,9 +322,9 @@ def dlq_purge(redis_url: str | None, namespace: str, queue: str) -> None:
 @namespace_option
 @click.argument("queue")
 def pause(redis_url: str | None, namespace: str, queue: str) -> None:
-    """Stop workers claiming from QUEUE (running tasks finish)."""
-    _broker_call(redis_url, lambda b: b.pause(namespace, queue))
-    click.echo(f"paused {namespace}/{queue}")
+    """Stop workers claiming from QUEUE (running tasks finish). Where a TaskQueue declares the
+    queue, patches its spec.paused (your kubeconfig); otherwise writes Redis."""
+    _set_paused(redis_url, namespace, queue, True)
 
 
 @main.command()
@@ -332,9 +332,24 @@ def pause(redis_url: str | None, namespace: str, queue: str) -> None:
 @namespace_option
 @click.argument("queue")
 def resume(redis_url: str | None, namespace: str, queue: str) -> None:
-    """Let workers claim from QUEUE again."""
-    _broker_call(redis_url, lambda b: b.resume(namespace, queue))
-    click.echo(f"resumed {namespace}/{queue}")
+    """Let workers claim from QUEUE again (through its TaskQueue, as for pause)."""
+    _set_paused(redis_url, namespace, queue, False)
+
+
+def _set_paused(redis_url: str | None, namespace: str, queue: str, paused: bool) -> None:
+    from taskorch.taskqueue_cli import patch_paused
+
+    done = "paused" if paused else "resumed"
+    if patch_paused(namespace, queue, paused):
+        flag = str(paused).lower()
+        click.echo(
+            f"{done} {namespace}/{queue}: TaskQueue spec.paused={flag} (the operator applies it)"
+        )
+        return
+    _broker_call(
+        redis_url, lambda b: b.pause(namespace, queue) if paused else b.resume(namespace, queue)
+    )
+    click.echo(f"{done} {namespace}/{queue} (no TaskQueue declares it: written to Redis)")
 
 
 @main.group()

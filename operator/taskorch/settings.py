@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease on a running attempt.")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1, description="Keys held this long.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    queue_status_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often TaskQueue status (depth, age, rate) is refreshed.",
+    )
     resync_seconds: float = Field(
         default=30.0, gt=0, description="How often the operator rechecks quiet in-flight Tasks."
     )

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from taskorch.api.base import GROUP, VERSION
 from taskorch.api.task import TaskSpec, TaskStatus
+from taskorch.api.taskqueue import TaskQueueSpec, TaskQueueStatus
 from taskorch.api.workflow import WorkflowSpec, WorkflowStatus
 
 _DROP = {"title", "example", "examples"}
@@ -173,7 +174,29 @@ WORKFLOW = Kind(
     ],
 )
 
-KINDS = [TASK, WORKFLOW]
+TASKQUEUE = Kind(
+    kind="TaskQueue",
+    plural="taskqueues",
+    # not "queue(s)": Kueue and Volcano have them
+    short_names=["tq"],
+    spec=TaskQueueSpec,
+    status=TaskQueueStatus,
+    description="A queue's policy (pause, rate limit, concurrency, retry and retention "
+    "defaults), named after the queue. The operator writes it into Redis, where every worker "
+    "reads it, and reports the queue's depth in status.",
+    columns=[
+        _col("Ready", ".status.ready", "integer"),
+        _col("Active", ".status.active", "integer"),
+        _col("Delayed", ".status.delayed", "integer"),
+        _col("Dead", ".status.dead", "integer"),
+        _col("Oldest", ".status.oldestReadyAge"),
+        _col("Paused", ".spec.paused", "boolean"),
+        _col("Rate", ".status.throughput"),
+        _col("Age", ".metadata.creationTimestamp", "date"),
+    ],
+)
+
+KINDS = [TASK, WORKFLOW, TASKQUEUE]
 
 
 def render() -> str:

@@ -41,3 +41,5 @@ class Reason(StrEnum):
     LostWorkerLimit = "LostWorkerLimit"
     # a failed attempt that will be retried (lastError.reason)
     HandlerError = "HandlerError"
+    # TaskQueue Ready condition (False: InvalidSpec or RedisUnreachable)
+    Configured = "Configured"

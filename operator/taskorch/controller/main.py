@@ -12,7 +12,7 @@ from typing import Any
 import kopf
 
 # tasks and workflows register their kopf handlers when imported
-from taskorch.controller import queue_metrics, tasks, workflows
+from taskorch.controller import queue_metrics, taskqueues, tasks, workflows
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
@@ -62,7 +62,8 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         resync_seconds=settings.resync_seconds,
     )
     runner = workflows.WorkflowRunner(broker, kube)
-    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker, workflows=runner)
+    queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
+    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker, workflows=runner, taskqueues=queues)
     writer = StatusWriter(
         broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}", workflows=runner.reconcile
     )
@@ -73,6 +74,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         "tracker": tracker.run(),
         "queue-metrics": queue_metrics.run(broker),
         "workflow-resync": runner.run(settings.resync_seconds),
+        "taskqueue-status": queues.run(),
     }
     try:
         await run_supervised(

@@ -204,9 +204,14 @@ class Broker:
             out.append(TaskInfo.from_hash(ns, q, task_id, h) if h else None)
         return out
 
-    async def configure(self, namespace: str, queue: str, policy: QueuePolicy | None) -> None:
-        """Write the queue's policy (its TaskQueue's) into its `config` hash; None: defaults."""
+    async def configure(
+        self, namespace: str, queue: str, policy: QueuePolicy | None, owner: str = ""
+    ) -> None:
+        """Write the queue's policy into its `config` hash; None: defaults. `owner` names the
+        TaskQueue (uid) it came from."""
         config = policy.config() if policy else {}
+        if policy and owner:
+            config["owner"] = owner
         argv = [v for item in config.items() for v in item]
         await self.scripts.configure(keys=[keys.prefix(namespace, queue)], args=argv)
 

@@ -12,6 +12,7 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskInfo, TaskRef, now_ms, text
 
 PRIORITIES = range(9, -1, -1)
+FINISHED_STATES = ("succeeded", "dead", "cancelled")  # the stats counters finish() increments
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class QueueStats:
     dead: int  # in the dead-letter queue
     paused: bool
     oldest_ready_age_s: float | None  # age of the oldest ready task
+    finished: int = 0  # tasks that ever ended here (succeeded, dead, cancelled): for throughput
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,11 +50,12 @@ class Inspector:
             pipe.zcard(keys.delayed(namespace, queue))
             pipe.zcard(keys.dead(namespace, queue))
             pipe.hexists(keys.config(namespace, queue), "paused")
+            pipe.hmget(keys.stats(namespace, queue), *FINISHED_STATES)
             for prio in PRIORITIES:
                 pipe.lindex(keys.ready(namespace, queue, prio), 0)
             res = await pipe.execute()
         n = len(PRIORITIES)
-        heads = [text(h) for h in res[n + 4 :] if h]
+        heads = [text(h) for h in res[n + 5 :] if h]
         oldest_ms: int | None = None
         if heads:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -69,6 +72,7 @@ class Inspector:
             dead=res[n + 2],
             paused=bool(res[n + 3]),
             oldest_ready_age_s=(now_ms() - oldest_ms) / 1000 if oldest_ms else None,
+            finished=sum(int(c or 0) for c in res[n + 4]),
         )
 
     async def all_stats(self) -> list[QueueStats]:
