@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -379,6 +379,36 @@ def workflow_retry(namespace: str, name: str) -> None:
 
     workflow_cli.retry(namespace, name)
     click.echo(f"workflow {namespace}/{name}: retry requested")
+
+
+@main.group()
+def schedule() -> None:
+    """Work with Schedules (uses your kubeconfig, like kubectl)."""
+
+
+@schedule.command("trigger")
+@click.option("--namespace", "-n", default="default", show_default=True)
+@click.argument("name")
+def schedule_trigger(namespace: str, name: str) -> None:
+    """Run schedule NAME once now: a child from its template, named NAME-manual-<random>, as
+    `kubectl create job --from=cronjob/NAME` does (the Schedule's ticks are not affected)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    from taskorch.api.base import GROUP, VERSION
+    from taskorch.api.schedule import child_body, child_kind
+
+    config.load_config()  # type: ignore[no-untyped-call]
+    api: Any = client.CustomObjectsApi()
+    try:
+        body = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "schedules", name)
+        kind, plural = child_kind(body["spec"])
+        created = api.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, child_body(body, None, None)
+        )
+    except ApiException as e:
+        raise click.ClickException(f"schedule {namespace}/{name}: {e.reason}: {e.body}") from e
+    click.echo(f"{kind.lower()}/{created['metadata']['name']} created")
 
 
 if __name__ == "__main__":

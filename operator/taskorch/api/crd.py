@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from taskorch.api.base import GROUP, VERSION
+from taskorch.api.schedule import MAX_NAME, ScheduleSpec, ScheduleStatus
 from taskorch.api.task import TaskSpec, TaskStatus
 from taskorch.api.taskqueue import TaskQueueSpec, TaskQueueStatus
 from taskorch.api.workflow import WorkflowSpec, WorkflowStatus
@@ -67,6 +68,21 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+def _without_transition_rules(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_without_transition_rules(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _without_transition_rules(v) for k, v in node.items()}
+    rules = [r for r in out.get("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]
+    if "x-kubernetes-validations" in out:
+        if rules:
+            out["x-kubernetes-validations"] = rules
+        else:
+            del out["x-kubernetes-validations"]
+    return out
+
+
 def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="serialization")
     defs = raw.pop("$defs", {})
@@ -83,6 +99,10 @@ class Kind:
     status: type[BaseModel]
     description: str
     columns: list[dict[str, Any]] = field(default_factory=list)
+    root_rules: list[dict[str, Any]] = field(default_factory=list)  # CEL over the whole object
+    # Templates embed other kinds' specs: their transition rules (immutability) would make the
+    # template itself immutable, so they are dropped there.
+    templates: bool = False
 
 
 def crd(k: Kind) -> dict[str, Any]:
@@ -90,11 +110,14 @@ def crd(k: Kind) -> dict[str, Any]:
         "type": "object",
         "description": k.description,
         "required": ["spec"],
+        **({"x-kubernetes-validations": k.root_rules} if k.root_rules else {}),
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": openapi_schema(k.spec),
+            "spec": _without_transition_rules(openapi_schema(k.spec))
+            if k.templates
+            else openapi_schema(k.spec),
             "status": openapi_schema(k.status),
         },
     }
@@ -196,7 +219,34 @@ TASKQUEUE = Kind(
     ],
 )
 
-KINDS = [TASK, WORKFLOW, TASKQUEUE]
+SCHEDULE = Kind(
+    kind="Schedule",
+    plural="schedules",
+    short_names=["tsch"],
+    spec=ScheduleSpec,
+    status=ScheduleStatus,
+    description="Recurring work: on each cron tick, a Task or Workflow from the template, "
+    "named after the tick so that each tick fires once.",
+    columns=[
+        _col("Schedule", ".spec.schedule"),
+        _col("TimeZone", ".spec.timeZone"),
+        _col("Suspend", ".spec.suspend", "boolean"),
+        _col("Active", ".status.active[*].name"),
+        _col("Last-Schedule", ".status.lastScheduleTime", "date"),
+        _col("Next", ".status.nextScheduleTime"),
+        _col("Age", ".metadata.creationTimestamp", "date"),
+    ],
+    root_rules=[
+        {
+            "rule": f"size(self.metadata.name) <= {MAX_NAME}",
+            "message": f"a Schedule's name is at most {MAX_NAME} characters (its children add "
+            "the tick to it)",
+        }
+    ],
+    templates=True,
+)
+
+KINDS = [TASK, WORKFLOW, TASKQUEUE, SCHEDULE]
 
 
 def render() -> str:

@@ -37,6 +37,12 @@ class KubeAPI(Protocol):
 
     async def read_key(self, namespace: str, kind: str, name: str, key: str) -> str: ...
 
+    async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool: ...
+
+    async def list(self, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+
+    async def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None: ...
+
 
 STATUS_WRITES = Counter("taskorch_operator_status_writes", "Status patches sent.", ["kind"])
 COMPONENT = "taskorch-operator"
@@ -112,6 +118,47 @@ class Kube:
             )
         except ApiException as e:
             if e.status not in (404, 409):  # 409: a new object of the same name: not ours
+                raise
+
+    async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the object; False when one of that name exists already (a deterministic name
+        makes creation idempotent)."""
+        try:
+            await self._run(
+                self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    async def list(self, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        body = await self._run(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            label_selector=selector,
+        )
+        items: list[dict[str, Any]] = body.get("items") or []
+        return items
+
+    async def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        """A merge patch of the object (not its status); a vanished object is fine."""
+        try:
+            await self._run(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                body,
+            )
+        except ApiException as e:
+            if e.status != 404:
                 raise
 
     async def event(

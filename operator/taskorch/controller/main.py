@@ -11,8 +11,8 @@ from typing import Any
 
 import kopf
 
-# tasks and workflows register their kopf handlers when imported
-from taskorch.controller import queue_metrics, taskqueues, tasks, workflows
+# each kind's module registers its kopf handlers when imported
+from taskorch.controller import queue_metrics, schedules, taskqueues, tasks, workflows
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
@@ -63,7 +63,15 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
     )
     runner = workflows.WorkflowRunner(broker, kube)
     queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
-    memo = kopf.Memo(broker=broker, kube=kube, tracker=tracker, workflows=runner, taskqueues=queues)
+    cron = schedules.ScheduleRunner(kube)
+    memo = kopf.Memo(
+        broker=broker,
+        kube=kube,
+        tracker=tracker,
+        workflows=runner,
+        taskqueues=queues,
+        schedules=cron,
+    )
     writer = StatusWriter(
         broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}", workflows=runner.reconcile
     )
@@ -75,6 +83,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         "queue-metrics": queue_metrics.run(broker),
         "workflow-resync": runner.run(settings.resync_seconds),
         "taskqueue-status": queues.run(),
+        "schedules": cron.run(),
     }
     try:
         await run_supervised(
