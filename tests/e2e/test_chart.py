@@ -286,6 +286,53 @@ def test_install_run_least_privilege_upgrade_uninstall(
         assert done["status"]["result"] == {"length": 6}
         assert "abcdef" not in json.dumps(done)
 
+        # TaskQueues and Schedules work under the chart's RBAC too: the example queue's policy
+        # is applied and its Task runs; a Schedule creates its children and writes its status.
+        workers(args=("--queues", "emails"))
+        cluster.kubectl(
+            "apply", "-f", str(REPO / "examples" / "taskqueue.yaml"), namespace=namespace
+        )
+        cluster.kubectl(
+            "apply", "-f", str(REPO / "examples" / "schedule.yaml"), namespace=namespace
+        )
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Succeeded",
+            "task/welcome-email",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            "taskqueue/emails",
+            "--timeout=60s",
+            namespace=namespace,
+        )
+        for name in ("daily-report", "hourly-thumbnails"):
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Ready",
+                f"schedule/{name}",
+                "--timeout=60s",
+                namespace=namespace,
+            )
+        every_second = {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "Schedule",
+            "metadata": {"name": "often"},
+            "spec": {"schedule": "* * * * * *", "taskTemplate": {"spec": {"type": "noop"}}},
+        }
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(every_second), namespace=namespace)
+        wait_for(
+            lambda: cluster.get_json(
+                "tasks", "-l", "taskorch.io/schedule=often", namespace=namespace
+            )["items"],
+            timeout=30,
+            what="a child of the Schedule, created by the operator's ServiceAccount",
+        )
+        cluster.kubectl("delete", "schedule", "often", namespace=namespace)
+
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
     for forbidden in (

@@ -64,3 +64,28 @@ class Upload(BaseModel):
 async def upload_image(ctx: taskorch.Context, job: Upload) -> dict[str, object]:
     await asyncio.sleep(0.01)
     return {"url": f"s3://thumbnails/{job.path.rsplit('/', 1)[-1]}", "uploaded": job.path}
+
+
+# Recurring work (examples/schedule.yaml) on a queue with a declared policy
+# (examples/taskqueue.yaml).
+
+
+class Report(BaseModel):
+    type: str = Field(default="daily", min_length=1)
+
+
+@app.handler("report")
+async def report(ctx: taskorch.Context, job: Report) -> dict[str, object]:
+    await asyncio.sleep(0.01)  # stands in for the real query
+    return {"report": job.type, "task": ctx.task_id}
+
+
+class Email(BaseModel):
+    to: str = Field(min_length=3)
+    subject: str = ""
+
+
+@app.handler("send_email")
+async def send_email(ctx: taskorch.Context, job: Email) -> dict[str, object]:
+    await asyncio.sleep(0.005)  # stands in for the SMTP call
+    return {"sent": job.to}
