@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cr, sdk, workflow
+from bench import cr, queue_policy, sdk, workflow
 from bench.common import REDIS_URL
 from tests.support import RedisServer
 
@@ -48,6 +48,12 @@ def main() -> None:
         server.restart()
         print("workflow: pipeline and fan-out ...", flush=True)
         results["workflow"] = workflow.run(server.url, work)
+        server.restart()
+        print("queue policy: concurrency keys vs plain, rate limit ...", flush=True)
+        results["queue_policy"] = {
+            "concurrency_keys": queue_policy.keys_vs_plain(server.url, work),
+            "rate_limit": queue_policy.rate_limit_accuracy(server.url, work),
+        }
     finally:
         server.stop()
     (HERE / "results").mkdir(exist_ok=True)
@@ -93,6 +99,15 @@ def render(r: dict[str, Any]) -> str:
             f"- Workflow fan-out of {w['fan_out_items']} no-op items: **{w['fan_out_s']} s** vs "
             f"{w['sdk_same_tasks_s']} s for the same tasks through the SDK (**{w['fan_out_vs_sdk']}×**), "
             f"{w['fan_out_status_writes']} status writes, final status {w['fan_out_status_bytes']} bytes",
+        ]
+    if "queue_policy" in r:
+        k, rl = r["queue_policy"]["concurrency_keys"], r["queue_policy"]["rate_limit"]
+        lines += [
+            f"- Drain with concurrency keys ({k['tasks']} tasks over {k['keys']} keys, maxConcurrent 1) "
+            f"vs plain tasks, 2 workers × 16: **{k['keyed_vs_plain']}×** (range {k['keyed_vs_plain_range']}; "
+            f"keyed {k['keyed_tasks_per_s']} tasks/s, plain {k['plain_tasks_per_s']} tasks/s)",
+            f"- Rate limit {rl['limit_per_s']}/s, 2 workers: measured/limit over 10 s "
+            f"**{rl['measured_vs_limit']}**",
         ]
     lines.append("")
     return "\n".join(lines)

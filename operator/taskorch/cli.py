@@ -391,7 +391,8 @@ def schedule() -> None:
 @click.argument("name")
 def schedule_trigger(namespace: str, name: str) -> None:
     """Run schedule NAME once now: a child from its template, named NAME-manual-<random>, as
-    `kubectl create job --from=cronjob/NAME` does (the Schedule's ticks are not affected)."""
+    `kubectl create job --from=cronjob/NAME` does. The ticks stay as they are; the child counts
+    as running for Forbid/Replace and towards the history limits."""
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 

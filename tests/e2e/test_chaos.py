@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import yaml
 
+from taskorch.queue import keys
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator, start_worker
 from tests.e2e.test_tasks import task_docs
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_for
 
 TASKS = 300
 WORKERS = 3
@@ -39,8 +42,6 @@ def test_chaos_every_task_succeeds_none_lost_and_reruns_bounded_by_deaths(
     worker_env = {
         # short leases: a killed worker's tasks come back within seconds
         "TASKORCH_LEASE_SECONDS": "3",
-        # a task may be on a killed worker several times in this much chaos
-        "TASKORCH_MAX_RECOVERIES": "10",
         "CHAOS_RUNS_FILE": str(runs_file),
     }
     logs = iter(tmp_path / f"proc-{i}.log" for i in range(1000))
@@ -62,6 +63,21 @@ def test_chaos_every_task_succeeds_none_lost_and_reruns_bounded_by_deaths(
     operator_restarted = redis_restarted = False
     items: list[dict[str, Any]] = []
     try:
+        # a task may be on a killed worker several times in this much chaos: its queue's policy
+        # allows more recoveries than the default
+        queue = {
+            "apiVersion": "taskorch.io/v1alpha1",
+            "kind": "TaskQueue",
+            "metadata": {"name": "default"},
+            "spec": {"maxRecoveries": 10},
+        }
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(queue), namespace=namespace)
+        config = redis.Redis.from_url(redis_url)
+        wait_for(
+            lambda: config.hget(keys.config(namespace, "default"), "max_recoveries") == b"10",
+            timeout=30,
+            what="the queue's policy in Redis",
+        )
         cluster.kubectl("apply", "-f", "-", input=docs, namespace=namespace)
         started = time.monotonic()
         next_kill = started + KILL_EVERY_SECONDS

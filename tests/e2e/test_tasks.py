@@ -16,6 +16,7 @@ import redis
 import yaml
 
 from taskorch.queue.broker import Broker
+from taskorch.queue.policy import QueuePolicy
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator
 from tests.support import REPO, RedisServer, wait_for
@@ -294,9 +295,20 @@ def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namesp
 
 
 def test_unknown_type_and_bad_payload_are_dead_lettered_with_reason(
-    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc]
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
 ) -> None:
-    workers(TASKORCH_HANDBACK_LIMIT="2", TASKORCH_HANDBACK_DELAY_SECONDS="0.2")
+    # fewer and faster hand-backs than the defaults (5, from 1 s doubling): the queue's policy
+    fast = QueuePolicy(handback_limit=2, handback_delay_seconds=0.2)
+
+    async def configure() -> None:
+        broker = Broker.from_url(redis_url)
+        try:
+            await broker.configure(namespace, "default", fast)
+        finally:
+            await broker.close()
+
+    asyncio.run(configure())
+    workers()
     apply_task(cluster, namespace, "mystery", {"type": "no_such_handler"})
     apply_task(
         cluster, namespace, "badpayload", {"type": "process_image", "payload": {"width": "big"}}

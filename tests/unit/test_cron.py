@@ -52,6 +52,22 @@ EVERY_MINUTE = Cron.parse("* * * * *", None)
             [],
             ("10:05:00", False, "Skip", 0),
         ),
+        # a long startingDeadlineSeconds lets RunLatest run late, not Skip (only on time)
+        ("10:00:30", "10:07:00", {"startingDeadlineSeconds": 3600}, [], ("10:07:00", True, "", 6)),
+        (
+            "10:00:30",
+            "10:08:59",
+            {"startingDeadlineSeconds": 3600, "schedule": "*/7 * * * *"},
+            [],
+            ("10:07:00", True, "", 0),
+        ),
+        (
+            "10:00:30",
+            "10:08:59",
+            {"startingDeadlineSeconds": 3600, "schedule": "*/7 * * * *", "missedRuns": "Skip"},
+            [],
+            ("10:07:00", False, "Skip", 0),
+        ),
         # suspended: nothing is decided, so resume is like downtime
         ("10:00:30", "10:05:10", {"suspend": True}, [], None),
         # Forbid skips the tick while a child runs; Allow runs beside it; Replace cancels it

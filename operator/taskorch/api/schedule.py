@@ -95,8 +95,8 @@ class ScheduleSpec(ApiModel):
     missed_runs: MissedRuns = Field(
         default=MissedRuns.RunLatest,
         description="After downtime or suspend: RunLatest runs the latest missed tick once "
-        "(within startingDeadlineSeconds); Skip runs none (a tick counts as missed when it is "
-        "over startingDeadlineSeconds, or 60 s, late).",
+        "(if within startingDeadlineSeconds, when set); Skip runs a tick only on time: at most "
+        "60 s late (or startingDeadlineSeconds, if shorter).",
     )
     suspend: bool = Field(default=False, description="No new children while true.")
     successful_history_limit: int = Field(

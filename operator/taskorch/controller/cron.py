@@ -1,7 +1,7 @@
 """A Schedule's decisions, pure: which tick is due, whether it fires, is skipped or replaces
 the running child (DESIGN §4 Schedule). Cron parsing, time zones and DST are croniter's: a time
 that does not exist (spring forward) fires at the first time after it; one that exists twice
-(fall back) fires at both occurrences, an hour apart (docs/schedules.md)."""
+(fall back) fires at both occurrences, an hour apart (docs/queues-and-schedules.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from croniter.croniter import CroniterError
 
 from taskorch.api.schedule import ConcurrencyPolicy, MissedRuns, ScheduleSpec
 
-# A tick this late is missed under `missedRuns: Skip` when no startingDeadlineSeconds is set.
+# Under `missedRuns: Skip` a tick later than this (or startingDeadlineSeconds, if shorter) is
+# missed and not made up: Quartz's misfire threshold and its "do nothing" instruction.
 SKIP_AFTER_SECONDS = 60
 # Counting missed ticks stops here (a seconds schedule after a day's downtime has 86,400).
 MAX_COUNTED = 1000
@@ -94,7 +95,9 @@ def plan(cron: Cron, spec: ScheduleSpec, since: datetime, now: datetime, active:
         return Plan(
             latest, skip_reason=f"{late:.0f}s late, past startingDeadlineSeconds", missed=missed
         )
-    if spec.missed_runs is MissedRuns.Skip and late > (deadline or SKIP_AFTER_SECONDS):
+    if spec.missed_runs is MissedRuns.Skip and late > min(
+        deadline or SKIP_AFTER_SECONDS, SKIP_AFTER_SECONDS
+    ):
         return Plan(
             latest, skip_reason=f"missed ({late:.0f}s late) and missedRuns is Skip", missed=missed
         )
