@@ -59,6 +59,18 @@ def workflow(namespace: str, uid: str) -> str:
     return f"{ROOT}:{{{namespace}}}:wf:{uid}"
 
 
+def worker(namespace: str, name: str) -> str:
+    """A worker's presence (pod, queues, slots, running, quiesced), refreshed every few seconds
+    and expiring with it; the scaler's `stop` mark. Outside every queue's slot (a worker serves
+    several queues), in its namespace's slot."""
+    return f"{ROOT}:{{{namespace}}}:w:{name}"
+
+
+def workers(namespace: str) -> str:
+    """Sorted set: the namespace's workers by last presence (ms)."""
+    return f"{ROOT}:{{{namespace}}}:workers"
+
+
 def delayed(namespace: str, queue: str) -> str:
     return f"{prefix(namespace, queue)}delayed"
 

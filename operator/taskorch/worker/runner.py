@@ -34,6 +34,7 @@ from taskorch.supervise import run_supervised
 from taskorch.worker import metrics
 from taskorch.worker.app import App, Context, Handler
 from taskorch.worker.failure import error_record, secret_values
+from taskorch.worker.presence import Presence
 from taskorch.worker.queues import QueueSet
 from taskorch.worker.retry import DEFAULT_RETRY, Retry
 from taskorch.worker.threads import HandlerThreads
@@ -87,6 +88,8 @@ class Worker:
         self.wake = asyncio.Event()
         self.has_capacity = asyncio.Event()
         self.draining = False
+        self.quiesced = False  # the scaler asked this worker to stop claiming (worker/presence.py)
+        self.claims_in_flight = 0
         self._drain_started = 0.0
         self.threads = HandlerThreads(concurrency, on_release=self._capacity_changed)
         self.refused_types: set[str] = set()
@@ -102,17 +105,27 @@ class Worker:
             self._drain_started = time.monotonic()
             self.wake.set()
 
+    def set_quiesced(self, quiesced: bool) -> None:
+        """Stop claiming (the scaler is about to remove this worker's pod) or claim again."""
+        if quiesced != self.quiesced:
+            log.info("%s claiming (the scaler's request)", "stopped" if quiesced else "resumed")
+            self.quiesced = quiesced
+            self.wake.set()
+
     async def run(self) -> None:
         """Serve until drained. Raises LoopEnded (the process must exit non-zero) when the
         heartbeat or a wake-up watcher ends, e.g. because leases could not be renewed."""
         log.info("worker %s serving %s/%s", self.name, self.namespace, self.queue_set)
-        loops = {"heartbeat": self._heartbeat()}
+        presence = Presence(self)
+        loops = {"heartbeat": self._heartbeat(), "presence": presence.run()}
         loops.update({f"wake-ups of {q}": self._watch_marker(q) for q in self.queues})
         try:
             await run_supervised(self._serve(), loops)
         finally:
             self._stop_all("lost")  # stopped by a failed loop: others own these tasks now
             self.threads.shutdown()
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):
+                await presence.leave()
 
     async def _serve(self) -> None:
         await self._loop()
@@ -141,7 +154,7 @@ class Worker:
 
     def free_capacity(self) -> int:
         """Slots to claim into: hung sync-handler threads still hold theirs."""
-        if self.draining:
+        if self.draining or self.quiesced:
             return 0
         return max(0, self.concurrency - len(self.running) - self.threads.hung)
 
@@ -167,6 +180,15 @@ class Worker:
         return remaining < free
 
     async def _settle_and_claim_queue(self, queue: str, n: int) -> int:
+        # Counted until the claimed tasks are running, so the presence never reports this
+        # worker idle while a claim's answer is on its way.
+        self.claims_in_flight += 1
+        try:
+            return await self._settle_and_claim_one(queue, n)
+        finally:
+            self.claims_in_flight -= 1
+
+    async def _settle_and_claim_one(self, queue: str, n: int) -> int:
         settlements, self.pending[queue] = self.pending[queue], []
         if not settlements and n <= 0:
             return 0
