@@ -17,6 +17,7 @@ from taskorch.api.base import GROUP, VERSION
 from taskorch.api.schedule import MAX_NAME, ScheduleSpec, ScheduleStatus
 from taskorch.api.task import TaskSpec, TaskStatus
 from taskorch.api.taskqueue import TaskQueueSpec, TaskQueueStatus
+from taskorch.api.workerpool import WorkerPoolSpec, WorkerPoolStatus
 from taskorch.api.workflow import WorkflowSpec, WorkflowStatus
 
 _DROP = {"title", "example", "examples"}
@@ -40,6 +41,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             node["x-kubernetes-int-or-string"] = True
         else:
             node["x-kubernetes-preserve-unknown-fields"] = True
+    for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        # JSON Schema 2020's numeric form → OpenAPI 3.0's boolean flag that Kubernetes reads
+        if isinstance(node.get(bound), int | float) and not isinstance(node[bound], bool):
+            node[flag], node[bound] = node[bound], True
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP or key == "$defs":
@@ -103,6 +108,8 @@ class Kind:
     # Templates embed other kinds' specs: their transition rules (immutability) would make the
     # template itself immutable, so they are dropped there.
     templates: bool = False
+    # A /scale subresource over spec.replicas / status.replicas / status.selector (for an HPA).
+    scale: bool = False
 
 
 def crd(k: Kind) -> dict[str, Any]:
@@ -144,7 +151,20 @@ def crd(k: Kind) -> dict[str, Any]:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {
+                        "status": {},
+                        **(
+                            {
+                                "scale": {
+                                    "specReplicasPath": ".spec.replicas",
+                                    "statusReplicasPath": ".status.replicas",
+                                    "labelSelectorPath": ".status.selector",
+                                }
+                            }
+                            if k.scale
+                            else {}
+                        ),
+                    },
                     "additionalPrinterColumns": k.columns,
                     "schema": {"openAPIV3Schema": schema},
                 }
@@ -246,7 +266,27 @@ SCHEDULE = Kind(
     templates=True,
 )
 
-KINDS = [TASK, WORKFLOW, TASKQUEUE, SCHEDULE]
+WORKERPOOL = Kind(
+    kind="WorkerPool",
+    plural="workerpools",
+    short_names=["twp"],
+    spec=WorkerPoolSpec,
+    status=WorkerPoolStatus,
+    description="Which worker Deployment serves which queues, and how the operator scales it "
+    "by queue depth (to zero and back, draining idle workers before it shrinks).",
+    columns=[
+        _col("Deployment", ".spec.scaleTargetRef.name"),
+        _col("Replicas", ".status.replicas", "integer"),
+        _col("Desired", ".status.desired", "integer"),
+        _col("Backlog", ".status.backlog", "integer"),
+        _col("In-Flight", ".status.inFlight", "integer"),
+        _col("Busy", ".status.busy", "integer"),
+        _col("Age", ".metadata.creationTimestamp", "date"),
+    ],
+    scale=True,
+)
+
+KINDS = [TASK, WORKFLOW, TASKQUEUE, SCHEDULE, WORKERPOOL]
 
 
 def render() -> str:

@@ -43,3 +43,9 @@ class Reason(StrEnum):
     HandlerError = "HandlerError"
     # TaskQueue Ready condition (False: InvalidSpec or RedisUnreachable)
     Configured = "Configured"
+    # WorkerPool: MetricsAvailable (False: RedisUnreachable), ScalingActive (False: ExternalOwner,
+    # DeploymentNotFound, InvalidSpec)
+    MetricsAvailable = "MetricsAvailable"
+    Scaling = "Scaling"
+    ExternalOwner = "ExternalOwner"
+    DeploymentNotFound = "DeploymentNotFound"

@@ -39,9 +39,19 @@ class KubeAPI(Protocol):
 
     async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool: ...
 
-    async def list(self, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+    async def list_objects(
+        self, plural: str, namespace: str, selector: str
+    ) -> list[dict[str, Any]]: ...
 
     async def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None: ...
+
+    async def read_scale(self, namespace: str, deployment: str) -> tuple[int, str] | None: ...
+
+    async def patch_scale(self, namespace: str, deployment: str, replicas: int) -> None: ...
+
+    async def pods(self, namespace: str, selector: str) -> list[tuple[str, dict[str, str]]]: ...
+
+    async def annotate_pod(self, namespace: str, pod: str, key: str, value: str | None) -> None: ...
 
 
 STATUS_WRITES = Counter("taskorch_operator_status_writes", "Status patches sent.", ["kind"])
@@ -56,6 +66,7 @@ class Kube:
         api = k8s.ApiClient(cfg)
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
+        self.apps = k8s.AppsV1Api(api)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -133,7 +144,9 @@ class Kube:
             raise
         return True
 
-    async def list(self, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    async def list_objects(
+        self, plural: str, namespace: str, selector: str
+    ) -> list[dict[str, Any]]:
         body = await self._run(
             self.custom.list_namespaced_custom_object,
             GROUP,
@@ -156,6 +169,48 @@ class Kube:
                 plural,
                 name,
                 body,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    async def read_scale(self, namespace: str, deployment: str) -> tuple[int, str] | None:
+        """A Deployment's replicas and pod selector (its /scale), or None when it is missing."""
+        try:
+            scale = await self._run(
+                self.apps.read_namespaced_deployment_scale, deployment, namespace
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return int(scale.spec.replicas or 0), str(scale.status.selector or "")
+
+    async def patch_scale(self, namespace: str, deployment: str, replicas: int) -> None:
+        await self._run(
+            self.apps.patch_namespaced_deployment_scale,
+            deployment,
+            namespace,
+            {"spec": {"replicas": replicas}},
+        )
+
+    async def pods(self, namespace: str, selector: str) -> list[tuple[str, dict[str, str]]]:
+        """The live (not terminating) pods of a selector: name and annotations."""
+        got = await self._run(self.core.list_namespaced_pod, namespace, label_selector=selector)
+        return [
+            (p.metadata.name, dict(p.metadata.annotations or {}))
+            for p in got.items
+            if p.metadata.deletion_timestamp is None
+        ]
+
+    async def annotate_pod(self, namespace: str, pod: str, key: str, value: str | None) -> None:
+        """Set (or with None remove) one annotation; a vanished pod is fine."""
+        try:
+            await self._run(
+                self.core.patch_namespaced_pod,
+                pod,
+                namespace,
+                {"metadata": {"annotations": {key: value}}},
             )
         except ApiException as e:
             if e.status != 404:

@@ -12,7 +12,14 @@ from typing import Any
 import kopf
 
 # each kind's module registers its kopf handlers when imported
-from taskorch.controller import queue_metrics, schedules, taskqueues, tasks, workflows
+from taskorch.controller import (
+    queue_metrics,
+    schedules,
+    taskqueues,
+    tasks,
+    workerpools,
+    workflows,
+)
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
@@ -64,6 +71,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
     runner = workflows.WorkflowRunner(broker, kube)
     queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
     cron = schedules.ScheduleRunner(kube)
+    pools = workerpools.WorkerPoolRunner(broker, kube)
     memo = kopf.Memo(
         broker=broker,
         kube=kube,
@@ -71,6 +79,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         workflows=runner,
         taskqueues=queues,
         schedules=cron,
+        workerpools=pools,
     )
     writer = StatusWriter(
         broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}", workflows=runner.reconcile
@@ -84,6 +93,7 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         "workflow-resync": runner.run(settings.resync_seconds),
         "taskqueue-status": queues.run(),
         "schedules": cron.run(),
+        "workerpools": pools.run(),
     }
     try:
         await run_supervised(

@@ -194,7 +194,7 @@ class ScheduleRunner:
         namesake's)."""
         return [
             c
-            for c in await self.kube.list(plural, ref[0], f"{LABEL}={ref[1]}")
+            for c in await self.kube.list_objects(plural, ref[0], f"{LABEL}={ref[1]}")
             if any(o.get("uid") == uid for o in c["metadata"].get("ownerReferences") or [])
         ]
 
