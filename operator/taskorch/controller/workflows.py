@@ -187,10 +187,13 @@ class WorkflowRunner:
         created_ms = int(epoch_seconds(meta["creationTimestamp"]) * 1000)
         state_key = keys.workflow(namespace, uid)
         saved = await self._load(state_key)
-        if saved.get("ended") and body.get("status"):
-            # Ended: its step records may have expired since, and must not look like steps
-            # never run. Only a retry (which clears the mark) makes it run again.
-            return dict(body["status"])
+        written = body.get("status") or {}
+        if saved.get("ended") and written.get("phase") in TERMINAL_WORKFLOW_PHASES:
+            # Ended and said so: its step records may have expired since, and must not look
+            # like steps never run. Only a retry (which clears the mark) makes it run again.
+            # (Ended but not yet written, as when the operator died between the two: the end
+            # is computed again below from the step records, which are still there.)
+            return dict(written)
         first_seen = json.loads(saved["spec"]) if "spec" in saved else live
         document = {**first_seen, **{f: live[f] for f in LIVE_FIELDS if f in live}}
         try:
