@@ -70,7 +70,12 @@ dev: tools ## local control plane + Redis + operator + example worker; the examp
 	$(KUBECTL) wait --for=condition=Succeeded task/resize-1 --timeout=60s
 	$(KUBECTL) apply -f examples/workflow.yaml
 	$(KUBECTL) wait --for=condition=Succeeded workflow/image-processing-pipeline --timeout=60s
+	$(KUBECTL) apply -f examples/taskqueue.yaml -f examples/schedule.yaml -f examples/workerpool.yaml
 	@echo
+	@echo "  The WorkerPool 'workers' scales the taskorch-worker Deployment (kwok pods) by the"
+	@echo "  default queue; the local worker does the work. Watch it wake and go back to 0:"
+	@echo "    taskorch enqueue process_image --count 2000 --payload '{\"image_url\": \"s3://x\"}'"
+	@echo "    kubectl get workerpools -w"
 	@echo "  export KUBECONFIG=$(CURDIR)/$(STATE)/kubeconfig PATH=$(TASKORCH_TOOLS_BIN):\$$PATH"
 	@echo "  export TASKORCH_REDIS_URL=$$(cat $(STATE)/redis/url)"
 	@echo "  kubectl get tasks        # logs: $(STATE)/operator.log, $(STATE)/worker.log"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import cr, queue_policy, sdk, workflow
+from bench import cr, queue_policy, scaling, sdk, workflow
 from bench.common import REDIS_URL
 from tests.support import RedisServer
 
@@ -48,6 +48,9 @@ def main() -> None:
         server.restart()
         print("workflow: pipeline and fan-out ...", flush=True)
         results["workflow"] = workflow.run(server.url, work)
+        server.restart()
+        print("scaling: WorkerPool reaction and scale-down soak ...", flush=True)
+        results["scaling"] = scaling.run(server.url, work)
         server.restart()
         print("queue policy: concurrency keys vs plain, rate limit ...", flush=True)
         results["queue_policy"] = {
@@ -108,6 +111,15 @@ def render(r: dict[str, Any]) -> str:
             f"keyed {k['keyed_tasks_per_s']} tasks/s, plain {k['plain_tasks_per_s']} tasks/s)",
             f"- Rate limit {rl['limit_per_s']}/s, 2 workers: measured/limit over 10 s "
             f"**{rl['measured_vs_limit']}**",
+        ]
+    if "scaling" in r:
+        s = r["scaling"]
+        lines += [
+            f"- WorkerPool: burst on a pool at 0 → first scale-up **{s['burst_to_first_scale_up_s']} s** "
+            f"(poll {s['poll_interval_s']} s); drained → 0 replicas {s['drained_to_zero_s']} s "
+            f"(cooldown {s['cooldown_s']} s); soak of {s['soak_tasks']} tasks: {s['soak_scale_downs']} "
+            f"scale-downs, {s['pods_removed']} pods removed, **{s['busy_pods_removed']} busy pods removed**, "
+            f"**{s['tasks_run_more_than_once']} tasks re-run**",
         ]
     lines.append("")
     return "\n".join(lines)

@@ -163,7 +163,13 @@ def worker(
 @main.command()
 @click.option("--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
 @click.option("--liveness", default="http://0.0.0.0:8080/healthz", show_default=True)
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve Prometheus metrics (/metrics) and WorkerPool numbers for KEDA "
+    "(/scaler/NAMESPACE/NAME) here.",
+)
 @redis_option
 def operator(
     namespaces: tuple[str, ...], liveness: str, metrics_port: int | None, redis_url: str | None
@@ -199,6 +205,35 @@ def _broker_call(redis_url: str | None, fn: Callable[[Broker], Awaitable[T]]) ->
             await broker.close()
 
     return asyncio.run(go())
+
+
+@main.command()
+@redis_option
+@namespace_option
+@click.option("--queue", "-q", default="default", show_default=True)
+@click.option("--payload", default=None, help="The payload as JSON (each task gets the same).")
+@click.option("--count", type=click.IntRange(1, 1_000_000), default=1, show_default=True)
+@click.argument("type_", metavar="TYPE")
+def enqueue(
+    redis_url: str | None, namespace: str, queue: str, payload: str | None, count: int, type_: str
+) -> None:
+    """Enqueue COUNT tasks of TYPE straight into Redis (the SDK path, no Task objects)."""
+    from taskorch.client import Client
+
+    try:
+        body = json.loads(payload) if payload else None
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not JSON: {e}", param_hint="--payload") from e
+
+    async def go() -> list[str]:
+        settings = _settings(redis_url=redis_url)
+        async with Client(settings.redis_url, namespace=namespace, queue=queue) as c:
+            return await c.enqueue_many(type_, [body] * count)
+
+    import asyncio
+
+    ids = asyncio.run(go())
+    click.echo(ids[0] if count == 1 else f"{count} tasks enqueued to {namespace}/{queue}")
 
 
 @main.command()

@@ -216,7 +216,8 @@ def test_install_run_least_privilege_upgrade_uninstall(
     tmp_path: Path,
     workers: Callable[..., Proc],
 ) -> None:
-    cluster.helm("install", release, CHART, "--namespace", namespace)
+    quick_pool = ("--set", "worker.autoscaling.cooldownSeconds=0", "--set", "worker.autoscaling.pollInterval=1s")
+    cluster.helm("install", release, CHART, "--namespace", namespace, *quick_pool)
     installed = _instance_objects(cluster, namespace, release)
     for expected in (
         f"deployment.apps/{release}-operator",
@@ -332,6 +333,19 @@ def test_install_run_least_privilege_upgrade_uninstall(
             what="a child of the Schedule, created by the operator's ServiceAccount",
         )
         cluster.kubectl("delete", "schedule", "often", namespace=namespace)
+
+        # The chart's WorkerPool is measured and scaled under the same RBAC: with no work, the
+        # worker Deployment (kwok pods, no worker in them) goes to 0.
+        pool = f"workerpool/{release}-worker-default"
+        cluster.kubectl(
+            "wait", "--for=condition=MetricsAvailable", pool, "--timeout=60s", namespace=namespace
+        )
+        deployment = f"deployment/{release}-worker-default"
+        wait_for(
+            lambda: cluster.get_json(deployment, namespace=namespace)["spec"]["replicas"] == 0,
+            timeout=120,
+            what="the idle worker Deployment to be scaled to 0 by the operator's ServiceAccount",
+        )
 
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)

@@ -13,6 +13,7 @@ import kopf
 
 # each kind's module registers its kopf handlers when imported
 from taskorch.controller import (
+    http,
     queue_metrics,
     schedules,
     taskqueues,
@@ -51,14 +52,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 def run_operator(
     settings: Settings, namespaces: list[str], liveness: str | None, metrics_port: int | None
 ) -> None:
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
-    asyncio.run(_main(settings, namespaces, liveness))
+    asyncio.run(_main(settings, namespaces, liveness, metrics_port))
 
 
-async def _main(settings: Settings, namespaces: list[str], liveness: str | None) -> None:
+async def _main(
+    settings: Settings, namespaces: list[str], liveness: str | None, metrics_port: int | None
+) -> None:
     broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
     await warn_unless_noeviction(broker.redis)
     kube = Kube()
@@ -95,6 +94,8 @@ async def _main(settings: Settings, namespaces: list[str], liveness: str | None)
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
+    if metrics_port is not None:
+        loops["http"] = http.serve(pools, metrics_port)
     try:
         await run_supervised(
             kopf.operator(

@@ -53,6 +53,7 @@ REPLICAS = Gauge("taskorch_pool_replicas", "The worker Deployment's replicas.", 
 BACKLOG = Gauge("taskorch_pool_backlog", "Ready tasks of the pool's queues.", LABELS)
 IN_FLIGHT = Gauge("taskorch_pool_in_flight", "Running tasks of the pool's queues.", LABELS)
 BUSY = Gauge("taskorch_pool_busy_workers", "The pool's workers running a task.", LABELS)
+MAX = Gauge("taskorch_pool_max_replicas", "The pool's maxReplicas.", LABELS)
 
 
 @dataclass
@@ -203,6 +204,7 @@ class WorkerPoolRunner:
         BACKLOG.labels(*labels).set(m.backlog)
         IN_FLIGHT.labels(*labels).set(m.in_flight)
         BUSY.labels(*labels).set(busy)
+        MAX.labels(*labels).set(spec.max_replicas)
         metrics = ("MetricsAvailable", "True", Reason.MetricsAvailable, "queues read from redis")
         await self._write(ref, pool, numbers, [metrics, scaling])
 
