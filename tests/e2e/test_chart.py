@@ -49,6 +49,7 @@ def exported_metrics() -> set[str]:
     """Every sample name the operator and the workers export."""
     import taskorch.controller.kube
     import taskorch.controller.queue_metrics
+    import taskorch.controller.workerpools
     import taskorch.worker.metrics  # noqa: F401
 
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
@@ -116,7 +117,12 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     [dashboard] = [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     panels = {p["title"] for p in json.loads(dashboard["data"]["taskorch.json"])["panels"]}
-    assert {"Queue depth (ready)", "Dead-letter queue size", "Worker replicas"} <= panels
+    assert {
+        "Queue depth (ready)",
+        "Dead-letter queue size",
+        "Worker replicas",
+        "WorkerPools: replicas and demand",
+    } <= panels
     [rule] = by_kind(docs, "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert alerts == {
@@ -124,6 +130,7 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
         "TaskorchDeadLetterGrowth",
         "TaskorchBacklogAge",
         "TaskorchFailureRate",
+        "TaskorchWorkerPoolAtMax",
     }
     queries = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
     queries += [
@@ -216,7 +223,12 @@ def test_install_run_least_privilege_upgrade_uninstall(
     tmp_path: Path,
     workers: Callable[..., Proc],
 ) -> None:
-    quick_pool = ("--set", "worker.autoscaling.cooldownSeconds=0", "--set", "worker.autoscaling.pollInterval=1s")
+    quick_pool = (
+        "--set",
+        "worker.autoscaling.cooldownSeconds=0",
+        "--set",
+        "worker.autoscaling.pollInterval=1s",
+    )
     cluster.helm("install", release, CHART, "--namespace", namespace, *quick_pool)
     installed = _instance_objects(cluster, namespace, release)
     for expected in (

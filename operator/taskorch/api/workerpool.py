@@ -100,7 +100,12 @@ class WorkerPoolStatus(ApiModel):
     )
     observed_generation: int | None = None
     replicas: int | None = Field(default=None, description="The Deployment's replicas.")
-    desired: int | None = Field(default=None, description="What the scaler wants now.")
+    desired: int | None = Field(default=None, description="The replicas wanted now.")
+    recommended: int | None = Field(
+        default=None,
+        description="What the built-in scaler recommends (the same as desired unless an "
+        "external owner sets replicas); KEDA's metrics-api scaler can read it.",
+    )
     backlog: int | None = Field(default=None, description="Ready tasks of the queues.")
     in_flight: int | None = Field(default=None, description="Tasks running on any worker.")
     busy: int | None = Field(default=None, description="The pool's workers running a task.")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from taskorch.controller.workerpools import WorkerPoolRunner
 
-POOL_FIELDS = ("backlog", "inFlight", "busy", "workers", "replicas", "desired")
+POOL_FIELDS = ("backlog", "inFlight", "busy", "workers", "replicas", "desired", "recommended")
 
 
 def make_app(pools: WorkerPoolRunner) -> web.Application:
@@ -38,7 +38,7 @@ async def serve(pools: WorkerPoolRunner, port: int) -> None:
     """Serve until cancelled (a supervised loop of the operator)."""
     runner = web.AppRunner(make_app(pools), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", port)  # noqa: S104 - a pod's port, behind its Service
+    site = web.TCPSite(runner, "0.0.0.0", port)
     await site.start()
     try:
         await asyncio.Event().wait()

@@ -90,8 +90,8 @@ class ScheduleRunner:
             for ref in [r for r, t in self.next_eval.items() if t <= now]:
                 try:
                     await self.evaluate(ref)
-                except (ApiException, OSError) as e:
-                    log.warning("schedule %s/%s: %s (retrying)", *ref, e)
+                except Exception:  # one Schedule's trouble must not stop the others
+                    log.exception("schedule %s/%s: evaluation failed; retrying in 1 s", *ref)
                     self.next_eval[ref] = now + 1
             upcoming = min(self.next_eval.values(), default=math.inf)
             sleep = min(MAX_SLEEP_SECONDS, max(0.0, upcoming - datetime.now(UTC).timestamp()))

@@ -93,6 +93,9 @@ class WorkerPoolRunner:
             if pool and pool.marks:
                 with contextlib.suppress(*REDIS_ERRORS):
                     await clear_stop(self.broker.redis, ref[0], pool.marks)
+            for gauge in (DESIRED, REPLICAS, BACKLOG, IN_FLIGHT, BUSY, MAX):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*ref)
             return
         pool = self.pools.get(ref)
         if pool is None or pool.body["metadata"]["uid"] != meta["uid"]:
@@ -112,8 +115,8 @@ class WorkerPoolRunner:
                 if pool.next_poll <= now:
                     try:
                         await self.poll(ref, pool)
-                    except (ApiException, OSError) as e:
-                        log.warning("workerpool %s/%s: %s", *ref, e)
+                    except Exception:  # one pool's trouble (API, Redis) must not stop the rest
+                        log.exception("workerpool %s/%s: poll failed; next poll retries", *ref)
                     pool.next_poll = now + self._interval(pool)
             upcoming = min((p.next_poll for p in self.pools.values()), default=now + 1)
             self.wake.clear()
@@ -158,35 +161,38 @@ class WorkerPoolRunner:
         if m.backlog + m.in_flight > 0 or pool.last_active is None:
             pool.last_active = now  # (from the operator's start: a cooldown it did not see)
         busy = sum(1 for w in m.workers if w.running > 0)
+        policy = ScalePolicy(
+            min_replicas=spec.min_replicas,
+            max_replicas=spec.max_replicas,
+            concurrency=spec.concurrency,
+            target_utilization=spec.target_utilization,
+            activation_threshold=spec.activation_threshold,
+            cooldown_seconds=spec.cooldown_seconds,
+            stabilization_seconds=(
+                spec.scale_down.stabilization_window_seconds if spec.scale_down else 300
+            ),
+            max_down_percent=spec.scale_down.max_step_percent if spec.scale_down else 25,
+        )
+        obs = Observation(m.backlog, m.in_flight, busy, replicas, now, pool.last_active)
+        rec = recommend(policy, obs, pool.window)
+        pool.window = [
+            (t, v)
+            for t, v in [*pool.window, (now, rec.target)]
+            if now - t <= policy.stabilization_seconds
+        ]
         if spec.replicas is not None:
+            # An HPA or KEDA owns the count; the recommendation is still served (for KEDA's
+            # metrics-api scaler) and shown, but not applied.
             desired, reason = spec.replicas, f"replicas {spec.replicas} set through /scale"
             scaling = ("ScalingActive", "False", Reason.ExternalOwner, reason)
         else:
-            policy = ScalePolicy(
-                min_replicas=spec.min_replicas,
-                max_replicas=spec.max_replicas,
-                concurrency=spec.concurrency,
-                target_utilization=spec.target_utilization,
-                activation_threshold=spec.activation_threshold,
-                cooldown_seconds=spec.cooldown_seconds,
-                stabilization_seconds=(
-                    spec.scale_down.stabilization_window_seconds if spec.scale_down else 300
-                ),
-                max_down_percent=spec.scale_down.max_step_percent if spec.scale_down else 25,
-            )
-            obs = Observation(m.backlog, m.in_flight, busy, replicas, now, pool.last_active)
-            rec = recommend(policy, obs, pool.window)
-            pool.window = [
-                (t, v)
-                for t, v in [*pool.window, (now, rec.target)]
-                if now - t <= policy.stabilization_seconds
-            ]
             desired, reason = rec.desired, rec.reason
             scaling = ("ScalingActive", "True", Reason.Scaling, "the built-in scaler owns replicas")
         new_replicas, scaled = await self._apply(ref, pool, m, desired, reason)
         numbers = {
             "replicas": new_replicas,
             "desired": desired,
+            "recommended": rec.desired,
             "backlog": m.backlog,
             "inFlight": m.in_flight,
             "busy": busy,
@@ -214,8 +220,11 @@ class WorkerPoolRunner:
         backlog = in_flight = 0
         for q in spec.queues:
             s = await self.inspector.stats(namespace, q)
-            backlog += s.ready
             in_flight += s.active
+            if not s.paused:  # a paused queue's backlog needs no workers until it resumes
+                # due delayed tasks (runAt, retries) count: only a worker's claim makes them
+                # ready, so a pool at 0 would otherwise never wake for them
+                backlog += s.ready + await self.inspector.due(namespace, q)
         pods = [name for name, _ in await self.kube.pods(namespace, selector)] if selector else []
         live = set(pods)
         workers = [w for w in await read_workers(self.broker.redis, namespace) if w.pod in live]
@@ -227,6 +236,9 @@ class WorkerPoolRunner:
         """Move the Deployment towards `desired`; returns its replicas now and what was done."""
         ns, deployment = ref[0], pool.body["spec"]["scaleTargetRef"]["name"]
         R = m.replicas
+        for w in m.workers:  # marks left by an earlier operator (a restart mid-drain): ours now
+            if w.stop and w.name not in pool.marks:
+                pool.marks[w.name] = time.monotonic()
         if desired >= R:
             await self._release(ns, pool, set(pool.marks))
             if desired > R:
@@ -294,7 +306,9 @@ class WorkerPoolRunner:
         meta = pool.body["metadata"]
         generation = meta.get("generation")
         prior = {c["type"]: c for c in pool.status.get("conditions") or []}
-        conds = []
+        given = {c[0] for c in conditions}
+        # a condition this poll could not judge keeps its last value
+        conds: list[Any] = [c for t, c in prior.items() if t not in given]
         now_ms = int(time.time() * 1000)
         for type_, state, reason, message in conditions:
             was = prior.get(type_)

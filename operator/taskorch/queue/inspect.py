@@ -75,6 +75,10 @@ class Inspector:
             finished=sum(int(c or 0) for c in res[n + 4]),
         )
 
+    async def due(self, namespace: str, queue: str) -> int:
+        """Delayed tasks already due (runAt passed, retry backoff over): ready at the next claim."""
+        return int(await self.redis.zcount(keys.delayed(namespace, queue), "-inf", now_ms()))
+
     async def all_stats(self) -> list[QueueStats]:
         return [await self.stats(ns, q) for ns, q in await self.queues()]
 
