@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,8 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import State, TaskInfo, TaskRef, TaskRequest
 from taskorch.queue.workers import read_workers
 from tests.e2e.conftest import Cluster
-from tests.e2e.processes import Proc, start_worker
-from tests.support import RedisServer, wait_for
+from tests.e2e.processes import Proc, start_operator, start_worker
+from tests.support import RedisServer, free_port, wait_for
 
 DEPLOYMENT = "workers"
 
@@ -334,3 +337,45 @@ def test_bad_input_is_refused_or_reported(cluster: Cluster, namespace: str, oper
 
     c = wait_for(not_found, timeout=30, what="DeploymentNotFound")
     assert c["status"] == "False" and "missing" in c["message"]
+
+
+def test_the_operator_serves_pool_numbers_for_keda_and_prometheus(
+    cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    operator = start_operator(
+        redis_url, cluster.kubeconfig, tmp_path / "operator.log", "--metrics-port", str(port)
+    )
+    try:
+        apply(cluster, namespace, deployment(0), pool(minReplicas=1, maxReplicas=3))
+        enqueue(redis_url, namespace, 5, 30)
+
+        def numbers() -> dict[str, Any] | None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/scaler/{namespace}/pool", timeout=2
+                ) as r:
+                    got: dict[str, Any] = json.loads(r.read())
+                    return got if got["backlog"] + got["inFlight"] >= 5 else None
+            except urllib.error.HTTPError:
+                return None  # 503 until the first measurement
+
+        got = wait_for(numbers, timeout=30, what="the pool's numbers as JSON")
+        assert set(got) == {
+            "backlog",
+            "inFlight",
+            "busy",
+            "workers",
+            "replicas",
+            "desired",
+            "recommended",
+        }
+        assert got["recommended"] == 2  # ceil(5 / 4)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        assert f'taskorch_pool_desired_replicas{{namespace="{namespace}",pool="pool"}}' in text
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/scaler/{namespace}/nope", timeout=2)
+        assert missing.value.code == 404
+    finally:
+        operator.kill()
