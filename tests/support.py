@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,6 +60,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too and within range."""
+    rng = random.Random()
+    while True:
+        port = rng.randint(20000, 55000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
 @dataclass
 class RedisServer:
     """A real redis-server on a free loopback port, AOF on, data in its own directory."""
@@ -66,6 +81,7 @@ class RedisServer:
     directory: Path
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    cluster: bool = False  # a Redis Cluster node (RedisClusterServer joins them)
 
     @property
     def url(self) -> str:
@@ -73,7 +89,7 @@ class RedisServer:
 
     def start(self) -> None:
         if not self.port:
-            self.port = free_port()
+            self.port = free_cluster_port() if self.cluster else free_port()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
@@ -90,6 +106,11 @@ class RedisServer:
                 "always",
                 "--save",
                 "",
+                *(
+                    ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                    if self.cluster
+                    else []
+                ),
             ],
             stdout=(self.directory / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
@@ -113,6 +134,79 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+@dataclass
+class RedisClusterServer:
+    """A real Redis Cluster on loopback: `masters` primaries, each with one replica, made by
+    `redis-cli --cluster create` (DESIGN §7: no Docker, Debian's redis-server)."""
+
+    directory: Path
+    masters: int = 3
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        """Seeded with a live node (a test may have killed one)."""
+        live = next(n for n in self.nodes if n.ping())
+        return f"redis+cluster://127.0.0.1:{live.port}/0"
+
+    def start(self) -> None:
+        self.nodes = [
+            RedisServer(self.directory / f"node-{i}", cluster=True) for i in range(self.masters * 2)
+        ]
+        try:
+            self._create()
+        except BaseException:
+            self.stop()  # no orphaned redis-servers when the cluster could not form
+            raise
+
+    def _create(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.ready, timeout=30, what="the cluster to be ok with every slot served")
+
+    def ready(self) -> bool:
+        for node in self.nodes:
+            out = self.cli(node.port, "cluster", "info")
+            if "cluster_state:ok" not in out or "cluster_slots_ok:16384" not in out:
+                return False
+        return True
+
+    def cli(self, port: int, *args: str) -> str:
+        done = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        )
+        return done.stdout
+
+    def primaries(self) -> list[RedisServer]:
+        return [
+            n
+            for n in self.nodes
+            if n.ping() and "role:master" in self.cli(n.port, "info", "replication")
+        ]
+
+    def flush(self) -> None:
+        for node in self.primaries():
+            self.cli(node.port, "flushall")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 def tools_bin() -> Path:

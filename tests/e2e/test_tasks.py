@@ -478,6 +478,19 @@ def test_payload_over_the_cap_fails_with_reason_and_event(
     assert [e["reason"] for e in events["items"]] == ["PayloadTooLarge"]
 
 
+def apply_enqueued(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """Apply a Task and wait until it reached the queue: one by one, the order Tasks reach the
+    queue is the order they were created (kopf enqueues concurrently otherwise)."""
+    apply_task(cluster, namespace, name, spec)
+    wait_object(
+        cluster,
+        namespace,
+        f"task/{name}",
+        lambda t: t.get("status", {}).get("phase") not in (None, "Pending"),
+        "to be enqueued",
+    )
+
+
 def test_a_concurrency_key_runs_its_tasks_one_at_a_time_in_order(
     cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
 ) -> None:
@@ -487,16 +500,8 @@ def test_a_concurrency_key_runs_its_tasks_one_at_a_time_in_order(
     for i in range(4):
         for key in ("customer-42", "customer-7"):
             name = f"{key}-{i}"
-            apply_task(cluster, namespace, name, {**slow, "concurrencyKey": key})
+            apply_enqueued(cluster, namespace, name, {**slow, "concurrencyKey": key})
             names.append(name)
-            # one by one, so the order they reach the queue is the order they were created
-            wait_object(
-                cluster,
-                namespace,
-                f"task/{name}",
-                lambda t: t.get("status", {}).get("phase") not in (None, "Pending"),
-                "to be enqueued",
-            )
     for name in names:
         wait_phase(cluster, namespace, name, "Succeeded")
     r = redis.Redis.from_url(redis_url)
@@ -512,3 +517,37 @@ def test_a_concurrency_key_runs_its_tasks_one_at_a_time_in_order(
         assert all(a[1] <= b[0] for a, b in itertools.pairwise(mine)), f"{key} overlapped: {mine}"
     # the two keys ran beside each other: neither waited for the other
     assert spans["customer-7-0"][0] < spans["customer-42-0"][1]
+
+
+def test_a_worker_killed_mid_task_never_leaves_its_concurrency_key_blocked(
+    cluster: Cluster, namespace: str, operator: Proc, workers: Callable[..., Proc], redis_url: str
+) -> None:
+    # short leases: the killed worker's task comes back within seconds
+    procs = [workers(concurrency=8, TASKORCH_LEASE_SECONDS="3") for _ in range(2)]
+    slow = {"type": "slow", "payload": {"seconds": 2}}
+    names = [f"k-{i}" for i in range(3)]
+    for name in names:
+        apply_enqueued(cluster, namespace, name, {**slow, "concurrencyKey": "customer-9"})
+    apply_task(cluster, namespace, "other-key", {**slow, "concurrencyKey": "customer-1"})
+    running = wait_phase(cluster, namespace, "k-0", "Running")
+    r = redis.Redis.from_url(redis_url)
+    key = f"taskorch:{{{namespace}/default}}:t:{running['metadata']['uid']}"
+    owner = wait_for(lambda: r.hget(key, "owner"), timeout=10, what="k-0's worker").decode()
+    [victim] = [p for p in procs if p.process and f"-{p.process.pid}-" in owner]
+    victim.kill()  # SIGKILL mid-task: the lease expires, the task is recovered with its slot
+    for name in [*names, "other-key"]:
+        wait_phase(cluster, namespace, name, "Succeeded", timeout=60)
+    spans = []
+    for name in names:
+        uid = task(cluster, namespace, name)["metadata"]["uid"]
+        raw = r.hget(f"taskorch:{{{namespace}/default}}:t:{uid}", "history")
+        last = json.loads(raw)[-1]  # the attempt that succeeded
+        spans.append((last["startTime"], last["finishTime"]))
+    # after the recovery the key went on, in order and one at a time
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
+    assert task(cluster, namespace, "k-0")["status"]["attempts"] == 2  # rerun once, after the loss
+    # the other key did not wait for the recovery
+    other = task(cluster, namespace, "other-key")
+    assert other["status"]["attempts"] == 1
+    raw = r.hget(f"taskorch:{{{namespace}/default}}:t:{other['metadata']['uid']}", "history")
+    assert json.loads(raw)[-1]["finishTime"] < spans[0][0], (raw, spans)

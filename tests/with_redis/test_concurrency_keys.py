@@ -10,11 +10,18 @@ import pytest
 import redis.asyncio as aioredis
 
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import RedisClient
 from taskorch.queue.model import Outcome, Settlement, State, TaskRequest
 from taskorch.queue.policy import QueuePolicy
 
 NS, Q = "team-ck", "default"
 ERR = json.dumps({"type": "E", "reason": "HandlerError"})
+
+
+@pytest.fixture
+async def aredis(any_redis: RedisClient) -> RedisClient:
+    """Every test here runs on one redis-server and on a Redis Cluster."""
+    return any_redis
 
 
 @pytest.fixture

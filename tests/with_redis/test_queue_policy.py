@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import taskorch
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import RedisClient
 from taskorch.queue.model import Outcome, Settlement, State, TaskRequest
 from taskorch.queue.policy import QueuePolicy
 from taskorch.supervise import LoopEnded
@@ -20,6 +21,12 @@ from taskorch.worker.runner import Worker
 from tests.support import async_wait_for
 
 NS, Q = "team-p", "default"
+
+
+@pytest.fixture
+async def aredis(any_redis: RedisClient) -> RedisClient:
+    """Every test here runs on one redis-server and on a Redis Cluster."""
+    return any_redis
 
 
 @pytest.fixture

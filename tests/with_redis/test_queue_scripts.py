@@ -9,11 +9,18 @@ import redis.asyncio as aioredis
 
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import RedisClient
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import Outcome, Settlement, State, TaskRequest, now_ms
 from taskorch.queue.policy import QueuePolicy
 
 NS, Q = "team-a", "default"
+
+
+@pytest.fixture
+async def aredis(any_redis: RedisClient) -> RedisClient:
+    """Every test here runs on one redis-server and on a Redis Cluster."""
+    return any_redis
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from taskorch.controller.consumer import GROUP_NAME, StatusWriter
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import RedisClient
 from taskorch.queue.model import Outcome, Settlement, TaskRequest
 from tests.support import async_wait_for
 
@@ -48,6 +49,12 @@ class FakeKube:
 
     async def event(self, kind: str, namespace: str, name: str, *args: str) -> None:
         self.events.append(args[2])  # the reason
+
+
+@pytest.fixture
+async def aredis(any_redis: RedisClient) -> RedisClient:
+    """Every test here runs on one redis-server and on a Redis Cluster."""
+    return any_redis
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 import taskorch
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
+from taskorch.queue.connection import RedisClient
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import ClaimResult, Outcome, State, TaskInfo, TaskRequest
 from taskorch.queue.policy import QueuePolicy
@@ -54,6 +55,12 @@ async def info(broker: Broker, task_id: str, queue: str = "default") -> TaskInfo
 async def ended(broker: Broker, task_id: str, queue: str = "default") -> TaskInfo | None:
     got = await broker.get(NS, queue, task_id)
     return got if got and got.state in (State.succeeded, State.dead, State.cancelled) else None
+
+
+@pytest.fixture
+async def aredis(any_redis: RedisClient) -> RedisClient:
+    """Every test here runs on one redis-server and on a Redis Cluster."""
+    return any_redis
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from taskorch.api.task import TERMINAL_PHASES
 from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES
 from taskorch.controller.cron import Cron, InvalidSchedule, plan
 from taskorch.controller.kube import KubeAPI
-from taskorch.controller.status import condition, epoch_seconds
+from taskorch.controller.status import epoch_seconds, held_condition
 
 log = logging.getLogger("taskorch.schedules")
 RESOURCE = (GROUP, VERSION, "schedules")
@@ -221,15 +221,11 @@ class ScheduleRunner:
     def _ready(
         self, prior: dict[str, Any], status: str, reason: str, message: str, generation: int | None
     ) -> dict[str, Any]:
-        previous = next(
-            (c for c in prior.get("conditions") or [] if c.get("type") == "Ready"), None
+        now_ms = int(datetime.now(UTC).timestamp() * 1000)
+        held = held_condition(
+            prior.get("conditions"), "Ready", status, reason, message, generation, now_ms
         )
-        at_ms = int(datetime.now(UTC).timestamp() * 1000)
-        if previous and (previous.get("status"), previous.get("reason")) == (status, reason):
-            at_ms = int(epoch_seconds(previous["lastTransitionTime"]) * 1000)
-        return condition("Ready", status, reason, message, at_ms, generation).model_dump(
-            by_alias=True, mode="json", exclude_none=True
-        )
+        return held.model_dump(by_alias=True, mode="json", exclude_none=True)
 
     async def _write(self, ref: ScheduleRef, uid: str, status: dict[str, Any]) -> None:
         if status != self.written.get(ref) and await self.kube.patch_status(

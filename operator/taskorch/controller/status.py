@@ -58,6 +58,23 @@ def condition(
     )
 
 
+def held_condition(
+    prior: list[dict[str, Any]] | None,
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    at_ms: int,
+) -> Condition:
+    """A condition whose lastTransitionTime moves only when its status or reason changes (the
+    `prior` conditions as last written)."""
+    previous = next((c for c in prior or [] if c.get("type") == type_), None)
+    if previous and (previous.get("status"), previous.get("reason")) == (status, reason):
+        at_ms = int(epoch_seconds(previous["lastTransitionTime"]) * 1000)
+    return condition(type_, status, reason, message, at_ms, generation)
+
+
 def dump(status: TaskStatus) -> dict[str, Any]:
     """The status subresource as the API server gets it, with the GitOps health conditions."""
     if status.conditions:

@@ -23,7 +23,7 @@ from taskorch.api.base import GROUP, VERSION, format_duration
 from taskorch.api.reasons import Reason
 from taskorch.api.taskqueue import TaskQueueSpec, TaskQueueStatus
 from taskorch.controller.kube import KubeAPI
-from taskorch.controller.status import condition, epoch_seconds
+from taskorch.controller.status import held_condition
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector, QueueStats
 from taskorch.queue.model import now_ms
@@ -73,11 +73,10 @@ def queue_status(
         ready = ("False", Reason.RedisUnreachable, unavailable)
     else:
         ready = ("True", Reason.Configured, "the queue's policy is in Redis")
-    previous = next((c for c in d.status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if previous and (previous.get("status"), previous.get("reason")) == ready[:2]:
-        at_ms = int(epoch_seconds(previous["lastTransitionTime"]) * 1000)
     status = TaskQueueStatus(
-        conditions=[condition("Ready", *ready, at_ms, d.generation)],
+        conditions=[
+            held_condition(d.status.get("conditions"), "Ready", *ready, d.generation, at_ms)
+        ],
         observed_generation=d.generation,
     )
     out = status.model_dump(by_alias=True, mode="json", exclude_none=True)
@@ -188,7 +187,10 @@ class TaskQueueRunner:
                 except REDIS_ERRORS as e:
                     log.warning("taskqueue %s/%s: could not reset its policy: %s", *ref, e)
             for ref in list(self.declared):
-                await self.sync(ref)
+                try:
+                    await self.sync(ref)
+                except Exception:  # one TaskQueue's trouble must not stop the others
+                    log.exception("taskqueue %s/%s: refresh failed; the next one retries", *ref)
 
 
 @kopf.on.event(*RESOURCE)

@@ -32,7 +32,7 @@ from taskorch.api.reasons import Reason
 from taskorch.api.workerpool import WorkerPoolSpec, WorkerPoolStatus
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.scaling import Observation, ScalePolicy, recommend
-from taskorch.controller.status import condition, epoch_seconds
+from taskorch.controller.status import held_condition
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.workers import WorkerPresence, clear_stop, mark_stop, read_workers
@@ -305,17 +305,13 @@ class WorkerPoolRunner:
     ) -> None:
         meta = pool.body["metadata"]
         generation = meta.get("generation")
-        prior = {c["type"]: c for c in pool.status.get("conditions") or []}
+        prior = pool.status.get("conditions") or []
         given = {c[0] for c in conditions}
         # a condition this poll could not judge keeps its last value
-        conds: list[Any] = [c for t, c in prior.items() if t not in given]
+        conds: list[Any] = [c for c in prior if c["type"] not in given]
         now_ms = int(time.time() * 1000)
         for type_, state, reason, message in conditions:
-            was = prior.get(type_)
-            at = now_ms
-            if was and (was.get("status"), was.get("reason")) == (state, reason):
-                at = int(epoch_seconds(was["lastTransitionTime"]) * 1000)
-            conds.append(condition(type_, state, reason, message, at, generation))
+            conds.append(held_condition(prior, type_, state, reason, message, generation, now_ms))
         kept = {k: v for k, v in pool.status.items() if k in ("lastScaleTime", "lastScaleReason")}
         status = WorkerPoolStatus.model_validate(
             {**kept, **numbers, "conditions": conds, "observedGeneration": generation}
