@@ -330,6 +330,22 @@ def test_install_run_least_privilege_upgrade_uninstall(
                 "--timeout=60s",
                 namespace=namespace,
             )
+        # The chart's WorkerPool is measured and scaled under the same RBAC: with no work, the
+        # worker Deployment (kwok pods, no worker in them) goes to 0.
+        pool = f"workerpool/{release}-worker-default"
+        cluster.kubectl(
+            "wait", "--for=condition=MetricsAvailable", pool, "--timeout=60s", namespace=namespace
+        )
+        deployment = f"deployment/{release}-worker-default"
+
+        def scaled_to_zero() -> bool:
+            return bool(cluster.get_json(deployment, namespace=namespace)["spec"]["replicas"] == 0)
+
+        try:
+            wait_for(scaled_to_zero, timeout=120, what="the idle worker Deployment at 0")
+        except AssertionError as e:
+            status = cluster.get_json(pool, namespace=namespace).get("status")
+            raise AssertionError(f"{e}; the WorkerPool's status: {status}") from e
         every_second = {
             "apiVersion": "taskorch.io/v1alpha1",
             "kind": "Schedule",
@@ -345,19 +361,6 @@ def test_install_run_least_privilege_upgrade_uninstall(
             what="a child of the Schedule, created by the operator's ServiceAccount",
         )
         cluster.kubectl("delete", "schedule", "often", namespace=namespace)
-
-        # The chart's WorkerPool is measured and scaled under the same RBAC: with no work, the
-        # worker Deployment (kwok pods, no worker in them) goes to 0.
-        pool = f"workerpool/{release}-worker-default"
-        cluster.kubectl(
-            "wait", "--for=condition=MetricsAvailable", pool, "--timeout=60s", namespace=namespace
-        )
-        deployment = f"deployment/{release}-worker-default"
-        wait_for(
-            lambda: cluster.get_json(deployment, namespace=namespace)["spec"]["replicas"] == 0,
-            timeout=120,
-            what="the idle worker Deployment to be scaled to 0 by the operator's ServiceAccount",
-        )
 
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
