@@ -105,6 +105,7 @@ class TaskQueueRunner:
         self.inspector = Inspector(broker)
         self.declared: dict[QueueRef, Declared] = {}
         self.samples: dict[QueueRef, tuple[float, int]] = {}  # (monotonic time, finished)
+        self.rates: dict[QueueRef, float] = {}  # the last throughput computed
         self.locks: dict[QueueRef, asyncio.Lock] = {}
         self.forgotten: set[QueueRef] = set()  # deleted: config still to be dropped
 
@@ -118,7 +119,12 @@ class TaskQueueRunner:
                 await self._forget(ref)
             return
         self.forgotten.discard(ref)
+        known = self.declared.get(ref)
+        if known and known.uid == meta["uid"] and known.generation == meta.get("generation"):
+            return  # our own status write (or metadata): the refresh loop has it
         self.declared[ref] = declared_from(body)
+        if known and known.uid == meta["uid"]:
+            self.declared[ref].status = known.status  # as we last wrote it
         await self.sync(ref)
 
     async def _forget(self, ref: QueueRef) -> None:
@@ -128,6 +134,7 @@ class TaskQueueRunner:
             await self.broker.configure(*ref, None)
             self.forgotten.discard(ref)
             self.samples.pop(ref, None)
+            self.rates.pop(ref, None)
             log.info("taskqueue %s/%s deleted: the queue's policy is back to defaults", *ref)
 
     async def sync(self, ref: QueueRef) -> None:
@@ -154,12 +161,18 @@ class TaskQueueRunner:
                 d.status = status
 
     def _throughput(self, ref: QueueRef, finished: int) -> float | None:
+        """Finished tasks a second since the previous sample, sampled at most every half
+        interval: a sync between refreshes (a spec change) reuses the last figure instead of a
+        noisy one over a few milliseconds."""
         now = time.monotonic()
         last = self.samples.get(ref)
+        if last is not None and now - last[0] < self.interval / 2:
+            return self.rates.get(ref)
         self.samples[ref] = (now, finished)
-        if last is None or now - last[0] <= 0:
+        if last is None:
             return None
-        return max(0, finished - last[1]) / (now - last[0])
+        self.rates[ref] = max(0, finished - last[1]) / (now - last[0])
+        return self.rates[ref]
 
     async def _orphans(self) -> None:
         """Queues whose config a TaskQueue wrote that no longer exists (deleted while the
