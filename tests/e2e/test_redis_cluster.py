@@ -15,6 +15,7 @@ import redis
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import State, TaskRef, TaskRequest
+from taskorch.queue.workers import read_workers
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator, start_worker
 from tests.e2e.test_tasks import task_docs
@@ -100,6 +101,16 @@ def test_a_primary_killed_mid_run_loses_nothing(
     [queue, *_] = queues_on_every_shard(redis_cluster, namespace)
     port = shard_of(redis_cluster, keys.prefix(namespace, queue))
     cluster_procs("worker", namespace, args=("--queues", queue), TASKORCH_LEASE_SECONDS="6")
+
+    async def present() -> bool:
+        b = Broker.from_url(redis_cluster.url)
+        try:
+            return bool(await read_workers(b.redis, namespace))
+        finally:
+            await b.close()
+
+    # up and connected before the kill: its seed node may be the primary about to die
+    wait_for(lambda: asyncio.run(present()), timeout=30, what="the worker's presence")
 
     async def enqueue() -> list[str]:
         b = Broker.from_url(cluster_url)
