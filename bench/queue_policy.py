@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from bench.common import DONE_KEY
-from bench.sdk import REPO, VENV_BIN, wait_done
+from bench.sdk import REPO, VENV_BIN, stop_all, wait_done
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef, TaskRequest
 from taskorch.queue.policy import QueuePolicy
@@ -35,16 +35,6 @@ def _workers(url: str, logdir: Path, tag: str) -> list[subprocess.Popen[bytes]]:
         subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logdir / f"{tag}-{i}.log").open("w"), stderr=subprocess.STDOUT)
         for i in range(2)
     ]
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 async def _enqueue(url: str, requests: list[TaskRequest]) -> list[str]:
@@ -90,7 +80,7 @@ def _drain(url: str, n: int, keys: int, logdir: Path) -> float:
         asyncio.run(_policy(url, None, paused=False))
         return wait_done(r, n, 600) - t0
     finally:
-        _stop(procs)
+        stop_all(procs)
 
 
 def keys_vs_plain(url: str, logdir: Path, n: int = 20_000, keys: int = 1000, repeats: int = 3) -> dict[str, Any]:
@@ -132,7 +122,7 @@ def _rate_once(url: str, rate: int, logdir: Path) -> float:
 
         started = asyncio.run(starts())
     finally:
-        _stop(procs)
+        stop_all(procs)
     window = started[0] + 1000
     return len([s for s in started if window <= s < window + 10_000]) / 10 / rate
 

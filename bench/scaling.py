@@ -10,7 +10,6 @@ kwok pod (the e2e tests' kubelet stand-in):
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import subprocess
@@ -20,35 +19,23 @@ from typing import Any
 
 import yaml
 
-from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef, TaskRequest
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import start_operator
 from tests.e2e.test_workerpools import PodWorkers, ReplicaRecorder, deployment, pool, replicas
-from tests.support import TOOLS, env_with_tools, wait_for
+from tests.support import TOOLS, broker_call, env_with_tools, wait_for
 
 CLUSTER = "taskorch-bench-pool"
 NS = "bench"
 
 
-def _redis(url: str, fn: Any) -> Any:
-    async def go() -> Any:
-        b = Broker.from_url(url)
-        try:
-            return await fn(b)
-        finally:
-            await b.close()
-
-    return asyncio.run(go())
-
-
 def _enqueue(url: str, seconds: list[float]) -> list[str]:
     reqs = [TaskRequest("slow", payload={"seconds": s}) for s in seconds]
-    return list(_redis(url, lambda b: b.enqueue_many(NS, "default", reqs)))
+    return list(broker_call(url, lambda b: b.enqueue_many(NS, "default", reqs)))
 
 
 def _all_done(url: str, ids: list[str]) -> list[Any] | None:
-    infos = _redis(url, lambda b: b.get_many([TaskRef(NS, "default", i) for i in ids]))
+    infos = broker_call(url, lambda b: b.get_many([TaskRef(NS, "default", i) for i in ids]))
     return infos if all(i is not None and i.finished_ms for i in infos) else None
 
 

@@ -127,6 +127,17 @@ def wait_done(r: redis.Redis, n: int, timeout: float) -> float:
     raise TimeoutError(f"only {r.get(DONE_KEY)} of {n} done after {timeout}s")
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every worker, then wait (SIGKILL after 15 s)."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def run_system(s: System, url: str, n: int, logdir: Path) -> dict[str, Any]:
     r = redis.Redis.from_url(url)
     r.flushall()
@@ -144,13 +155,7 @@ def run_system(s: System, url: str, n: int, logdir: Path) -> dict[str, Any]:
         t_enq = time.perf_counter()
         t1 = wait_done(r, n, 600)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
     return {
         "system": s.name,
         "config": s.config,

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -222,3 +222,17 @@ def env_with_tools(kubeconfig: Path | None = None) -> dict[str, str]:
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
     return env
+
+
+def broker_call(redis_url: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """Run `fn(broker)` with a Broker of its own, from synchronous test code."""
+    from taskorch.queue.broker import Broker
+
+    async def go() -> Any:
+        b = Broker.from_url(redis_url)
+        try:
+            return await fn(b)
+        finally:
+            await b.close()
+
+    return asyncio.run(go())

@@ -3,7 +3,6 @@ real API server, with worker processes."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -14,13 +13,12 @@ from typing import Any
 import pytest
 import yaml
 
-from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskInfo, TaskRef, TaskRequest
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, base_env, start_operator
 from tests.e2e.test_tasks import apply_task, task, wait_phase
 from tests.e2e.test_workflows import max_overlap
-from tests.support import REPO, wait_for
+from tests.support import REPO, broker_call, wait_for
 
 
 @pytest.fixture
@@ -43,24 +41,13 @@ def apply_queue(cluster: Cluster, namespace: str, name: str, spec: dict[str, Any
     cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), namespace=namespace)
 
 
-def redis_call(redis_url: str, fn: Callable[[Broker], Any]) -> Any:
-    async def go() -> Any:
-        b = Broker.from_url(redis_url)
-        try:
-            return await fn(b)
-        finally:
-            await b.close()
-
-    return asyncio.run(go())
-
-
 def queue_config(redis_url: str, namespace: str, queue: str) -> dict[str, str]:
-    return dict(redis_call(redis_url, lambda b: b.config(namespace, queue)))
+    return dict(broker_call(redis_url, lambda b: b.config(namespace, queue)))
 
 
 def finished(redis_url: str, namespace: str, queue: str, ids: list[str]) -> list[TaskInfo] | None:
     refs = [TaskRef(namespace, queue, i) for i in ids]
-    infos = redis_call(redis_url, lambda b: b.get_many(refs))
+    infos = broker_call(redis_url, lambda b: b.get_many(refs))
     done = [i for i in infos if i is not None and i.finished_ms]
     return done if len(done) == len(ids) else None
 
@@ -142,7 +129,7 @@ def test_max_concurrent_holds_across_two_worker_processes(
     for _ in range(2):
         workers(concurrency=2, args=("--queues", "pdf"))
     requests = [TaskRequest("slow", payload={"seconds": 0.3}) for _ in range(15)]
-    ids = redis_call(redis_url, lambda b: b.enqueue_many(namespace, "pdf", requests))
+    ids = broker_call(redis_url, lambda b: b.enqueue_many(namespace, "pdf", requests))
     done = wait_for(lambda: finished(redis_url, namespace, "pdf", ids), timeout=60, what="15 tasks")
     spans = [(i.history[-1]["startTime"], i.history[-1]["finishTime"]) for i in done]
     assert max_overlap(spans) == 3, spans
@@ -161,7 +148,7 @@ def test_rate_limit_holds_20_a_second_over_10_seconds(
     for _ in range(2):
         workers(concurrency=16, args=("--queues", "api"))
     requests = [TaskRequest("count") for _ in range(250)]
-    ids = redis_call(redis_url, lambda b: b.enqueue_many(namespace, "api", requests))
+    ids = broker_call(redis_url, lambda b: b.enqueue_many(namespace, "api", requests))
     done = wait_for(
         lambda: finished(redis_url, namespace, "api", ids), timeout=40, what="250 tasks"
     )

@@ -4,7 +4,6 @@ worker process per live pod (POD_NAME = the pod) and sending it SIGTERM when the
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import math
@@ -19,12 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from taskorch.queue.broker import Broker
 from taskorch.queue.model import State, TaskInfo, TaskRef, TaskRequest
 from taskorch.queue.workers import read_workers
 from tests.e2e.conftest import Cluster
 from tests.e2e.processes import Proc, start_operator, start_worker
-from tests.support import RedisServer, free_port, wait_for
+from tests.support import RedisServer, broker_call, free_port, wait_for
 
 DEPLOYMENT = "workers"
 
@@ -135,25 +133,14 @@ def condition(cluster: Cluster, namespace: str, type_: str) -> dict[str, Any] | 
     return next((c for c in conds if c["type"] == type_), None)
 
 
-def redis_call(redis_url: str, fn: Any) -> Any:
-    async def go() -> Any:
-        b = Broker.from_url(redis_url)
-        try:
-            return await fn(b)
-        finally:
-            await b.close()
-
-    return asyncio.run(go())
-
-
 def enqueue(redis_url: str, namespace: str, n: int, seconds: float) -> list[str]:
     reqs = [TaskRequest("slow", payload={"seconds": seconds}) for _ in range(n)]
-    return list(redis_call(redis_url, lambda b: b.enqueue_many(namespace, "default", reqs)))
+    return list(broker_call(redis_url, lambda b: b.enqueue_many(namespace, "default", reqs)))
 
 
 def tasks(redis_url: str, namespace: str, ids: list[str]) -> list[TaskInfo | None]:
     refs = [TaskRef(namespace, "default", i) for i in ids]
-    return list(redis_call(redis_url, lambda b: b.get_many(refs)))
+    return list(broker_call(redis_url, lambda b: b.get_many(refs)))
 
 
 def all_succeeded_once(redis_url: str, namespace: str, ids: list[str]) -> bool:
@@ -244,7 +231,7 @@ def test_scale_down_removes_only_idle_workers_and_no_task_is_rerun(
     apply(cluster, namespace, deployment(4))
 
     def workers_up() -> bool:
-        got = redis_call(redis_url, lambda b: read_workers(b.redis, namespace))
+        got = broker_call(redis_url, lambda b: read_workers(b.redis, namespace))
         return len(got) == 4
 
     wait_for(workers_up, timeout=60, what="4 workers heartbeating")
@@ -252,7 +239,7 @@ def test_scale_down_removes_only_idle_workers_and_no_task_is_rerun(
     ids = enqueue(redis_url, namespace, 2, 12)
 
     def busy_pods() -> set[str] | None:
-        got = redis_call(redis_url, lambda b: read_workers(b.redis, namespace))
+        got = broker_call(redis_url, lambda b: read_workers(b.redis, namespace))
         pods = {w.pod for w in got if w.running}
         return pods if len(pods) == 2 else None
 

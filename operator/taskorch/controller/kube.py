@@ -73,6 +73,16 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
+    async def _unless(self, statuses: tuple[int, ...], fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """`fn`'s answer, or None when the API server answers one of `statuses` (404: gone,
+        409: taken): outcomes the callers expect, not errors."""
+        try:
+            return await self._run(fn, *args, **kwargs)
+        except ApiException as e:
+            if e.status in statuses:
+                return None
+            raise
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, uid: str, status: dict[str, Any]
     ) -> bool:
@@ -104,45 +114,44 @@ class Kube:
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
-        try:
-            body: dict[str, Any] = await self._run(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        body: dict[str, Any] | None = await self._unless(
+            (404,),
+            self.custom.get_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+        )
         return body
 
     async def delete(self, plural: str, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete, if it still exists (and, with `uid`, only if it is still that object)."""
         body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid)) if uid else None
-        try:
-            await self._run(
-                self.custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body=body,
-            )
-        except ApiException as e:
-            if e.status not in (404, 409):  # 409: a new object of the same name: not ours
-                raise
+        await self._unless(
+            (404, 409),  # 409: a new object of the same name: not ours
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body=body,
+        )
 
     async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create the object; False when one of that name exists already (a deterministic name
         makes creation idempotent)."""
-        try:
-            await self._run(
-                self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
-            )
-        except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
-        return True
+        created = await self._unless(
+            (409,),
+            self.custom.create_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            body,
+        )
+        return created is not None
 
     async def list_objects(
         self, plural: str, namespace: str, selector: str
@@ -160,30 +169,24 @@ class Kube:
 
     async def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
         """A merge patch of the object (not its status); a vanished object is fine."""
-        try:
-            await self._run(
-                self.custom.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body,
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._unless(
+            (404,),
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            body,
+        )
 
     async def read_scale(self, namespace: str, deployment: str) -> tuple[int, str] | None:
         """A Deployment's replicas and pod selector (its /scale), or None when it is missing."""
-        try:
-            scale = await self._run(
-                self.apps.read_namespaced_deployment_scale, deployment, namespace
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        scale = await self._unless(
+            (404,), self.apps.read_namespaced_deployment_scale, deployment, namespace
+        )
+        if scale is None:
+            return None
         return int(scale.spec.replicas or 0), str(scale.status.selector or "")
 
     async def patch_scale(self, namespace: str, deployment: str, replicas: int) -> None:
@@ -205,16 +208,13 @@ class Kube:
 
     async def annotate_pod(self, namespace: str, pod: str, key: str, value: str | None) -> None:
         """Set (or with None remove) one annotation; a vanished pod is fine."""
-        try:
-            await self._run(
-                self.core.patch_namespaced_pod,
-                pod,
-                namespace,
-                {"metadata": {"annotations": {key: value}}},
-            )
-        except ApiException as e:
-            if e.status != 404:
-                raise
+        await self._unless(
+            (404,),
+            self.core.patch_namespaced_pod,
+            pod,
+            namespace,
+            {"metadata": {"annotations": {key: value}}},
+        )
 
     async def event(
         self, kind: str, namespace: str, name: str, uid: str, type_: str, reason: str, message: str

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
-from taskorch.api.workerpool import WorkerPoolSpec, WorkerPoolStatus
+from taskorch.api.workerpool import ScaleDown, WorkerPoolSpec, WorkerPoolStatus
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.scaling import Observation, ScalePolicy, recommend
 from taskorch.controller.status import held_condition
@@ -161,6 +161,7 @@ class WorkerPoolRunner:
         if m.backlog + m.in_flight > 0 or pool.last_active is None:
             pool.last_active = now  # (from the operator's start: a cooldown it did not see)
         busy = sum(1 for w in m.workers if w.running > 0)
+        down = spec.scale_down or ScaleDown()
         policy = ScalePolicy(
             min_replicas=spec.min_replicas,
             max_replicas=spec.max_replicas,
@@ -168,10 +169,8 @@ class WorkerPoolRunner:
             target_utilization=spec.target_utilization,
             activation_threshold=spec.activation_threshold,
             cooldown_seconds=spec.cooldown_seconds,
-            stabilization_seconds=(
-                spec.scale_down.stabilization_window_seconds if spec.scale_down else 300
-            ),
-            max_down_percent=spec.scale_down.max_step_percent if spec.scale_down else 25,
+            stabilization_seconds=down.stabilization_window_seconds,
+            max_down_percent=down.max_step_percent,
         )
         obs = Observation(m.backlog, m.in_flight, busy, replicas, now, pool.last_active)
         rec = recommend(policy, obs, pool.window)
