@@ -43,3 +43,22 @@ class Settings(BaseSettings):
     resync_seconds: float = Field(
         default=30.0, gt=0, description="How often the operator rechecks quiet in-flight Tasks."
     )
+    leader_election: bool = Field(
+        default=False,
+        description="Run as one of several operator replicas: only the holder of a Lease acts, "
+        "the others wait as hot standbys (the Helm chart turns this on).",
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description="Namespace of the Lease; default: the pod's own (POD_NAMESPACE, or its "
+        "ServiceAccount's).",
+    )
+    leader_election_lease: str = Field(
+        default="taskorch-operator", description="Name of the Lease the replicas compete for."
+    )
+    leader_lease_seconds: float = Field(
+        default=15.0,
+        ge=3,
+        description="How long a silent leader keeps the Lease: a standby takes over this long "
+        "after the last renewal. The leader renews every 2/15 of it and gives up after 2/3.",
+    )

@@ -74,7 +74,9 @@ def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> N
     docs = render(cluster)
 
     op = deployment(docs, "operator")
-    assert op["spec"]["replicas"] == 1 and op["spec"]["strategy"]["type"] == "Recreate"
+    # Leader election is on by default: a rolling update starts the new pod as a standby.
+    assert op["spec"]["replicas"] == 1
+    assert op["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     pod = op["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
@@ -91,6 +93,17 @@ def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> N
     assert "replicas" not in worker["spec"], "the autoscaler owns the worker's replicas"
     assert worker["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
+    assert env["TASKORCH_LEADER_ELECTION_LEASE"]["value"] == "taskorch-operator"
+    [lease_role] = by_kind(docs, "Role")
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["taskorch-operator"],
+            "verbs": ["get", "update"],
+        },
+    ]
     [role] = by_kind(docs, "ClusterRole")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert "secrets" not in resources, "reading Secrets is opt-in (rbac.readSecrets)"
@@ -109,8 +122,12 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "StatefulSet") == []
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    op = deployment(docs, "operator")
+    assert op["spec"]["replicas"] == 2
+    pdbs = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "PodDisruptionBudget")}
+    assert pdbs["taskorch-operator"]["minAvailable"] == 1
     assert any("secrets" in rule["resources"] for rule in roles[0]["rules"])
     args = deployment(docs, "operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
@@ -192,7 +209,16 @@ def example_task_succeeds_as_operator_sa(
     (so real RBAC decides what it may do) and a worker; the example Task must succeed."""
     cluster.serviceaccount_kubeconfig(namespace, f"{release}-operator", sa_kubeconfig)
     log = sa_kubeconfig.with_suffix(".log")
-    operator = start_operator(redis_url, sa_kubeconfig, log, *operator_args)
+    # Leader election on, as the chart's Deployment runs it: the Lease Role is tested too.
+    operator = start_operator(
+        redis_url,
+        sa_kubeconfig,
+        log,
+        *operator_args,
+        TASKORCH_LEADER_ELECTION="true",
+        TASKORCH_LEADER_ELECTION_NAMESPACE=namespace,
+        TASKORCH_LEADER_ELECTION_LEASE=f"{release}-operator",
+    )
     try:
         workers()
         cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
@@ -205,7 +231,7 @@ def example_task_succeeds_as_operator_sa(
         )
         yield
     finally:
-        operator.kill()
+        operator.stop()  # a clean stop releases the Lease
 
 
 @pytest.fixture
@@ -369,12 +395,17 @@ def test_install_run_least_privilege_upgrade_uninstall(
         lambda: apps.delete_namespaced_deployment(f"{release}-worker-default", namespace),
         lambda: core.delete_namespaced_pod("any", namespace),
         lambda: k8s.RbacAuthorizationV1Api(api).list_cluster_role(),
+        # Only its own Lease: not another controller's, not in another namespace.
+        lambda: k8s.CoordinationV1Api(api).read_namespaced_lease("other", namespace),
+        lambda: k8s.CoordinationV1Api(api).list_namespaced_lease("kube-system"),
     ):
         with pytest.raises(ApiException) as denied:
             forbidden()
         assert denied.value.status == 403
-    # ...and what the autoscaler will need is granted.
+    # ...and what the autoscaler will need is granted, and the Lease it led through.
     assert apps.read_namespaced_deployment_scale(f"{release}-worker-default", namespace)
+    lease = k8s.CoordinationV1Api(api).read_namespaced_lease(f"{release}-operator", namespace)
+    assert lease.spec.holder_identity == ""  # released when the operator stopped
 
     # Upgrade keeps what the autoscaler (here: kubectl) set on the worker Deployment.
     worker = f"deployment/{release}-worker-default"

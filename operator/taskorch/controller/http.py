@@ -1,29 +1,31 @@
 """The operator's HTTP port: Prometheus metrics, and each WorkerPool's numbers as JSON for
 KEDA's metrics-api scaler (docs/scaling.md), on one aiohttp server inside the operator's event
-loop (kopf already depends on aiohttp)."""
+loop (kopf already depends on aiohttp). Standby replicas serve it too, from the WorkerPool's
+status, so a Service in front of both replicas always answers."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from taskorch.controller.workerpools import WorkerPoolRunner
-
+# A WorkerPool's current numbers (its status), or None when there is no such WorkerPool.
+PoolStatus = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 POOL_FIELDS = ("backlog", "inFlight", "busy", "workers", "replicas", "desired", "recommended")
 
 
-def make_app(pools: WorkerPoolRunner) -> web.Application:
+def make_app(pool_status: PoolStatus) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def pool(request: web.Request) -> web.Response:
         ref = (request.match_info["namespace"], request.match_info["name"])
-        found = pools.pools.get(ref)
-        if found is None:
+        status = await pool_status(*ref)
+        if status is None:
             raise web.HTTPNotFound(text=f"no WorkerPool {ref[0]}/{ref[1]}")
-        status = found.status
         if not all(k in status for k in POOL_FIELDS):
             raise web.HTTPServiceUnavailable(text="no measurement yet (or Redis unreachable)")
         return web.json_response({k: status[k] for k in POOL_FIELDS})
@@ -34,9 +36,9 @@ def make_app(pools: WorkerPoolRunner) -> web.Application:
     return app
 
 
-async def serve(pools: WorkerPoolRunner, port: int) -> None:
+async def serve(pool_status: PoolStatus, port: int) -> None:
     """Serve until cancelled (a supervised loop of the operator)."""
-    runner = web.AppRunner(make_app(pools), access_log=None)
+    runner = web.AppRunner(make_app(pool_status), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "0.0.0.0", port)
     await site.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.apps = k8s.AppsV1Api(api)
+        self.coordination = k8s.CoordinationV1Api(api)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -138,6 +140,28 @@ class Kube:
             name,
             body=body,
         )
+
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Lease as JSON (MicroTimes kept as written), or None when there is none."""
+        response = await self._unless(
+            (404,),
+            self.coordination.read_namespaced_lease,
+            name,
+            namespace,
+            _preload_content=False,
+        )
+        return None if response is None else dict(json.loads(response.data))
+
+    async def write_lease(self, namespace: str, body: dict[str, Any], create: bool = False) -> bool:
+        """Create or replace the Lease (a replace carries the resourceVersion read); False when
+        another replica wrote it first (409)."""
+        api = self.coordination
+        call: tuple[Any, ...] = (
+            (api.create_namespaced_lease, namespace, body)
+            if create
+            else (api.replace_namespaced_lease, body["metadata"]["name"], namespace, body)
+        )
+        return await self._unless((409,), *call, _preload_content=False) is not None
 
     async def create(self, plural: str, namespace: str, body: dict[str, Any]) -> bool:
         """Create the object; False when one of that name exists already (a deterministic name

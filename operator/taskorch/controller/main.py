@@ -23,6 +23,7 @@ from taskorch.controller import (
 )
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
+from taskorch.controller.leader import LeaderElector, elector_for, standby_liveness
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
 from taskorch.queue.connection import warn_unless_noeviction
@@ -58,9 +59,37 @@ def run_operator(
 async def _main(
     settings: Settings, namespaces: list[str], liveness: str | None, metrics_port: int | None
 ) -> None:
+    kube = Kube()
+    elector = elector_for(settings, kube)
+    leading: dict[str, workerpools.WorkerPoolRunner] = {}
+
+    async def pool_status(namespace: str, name: str) -> dict[str, Any] | None:
+        # The leader answers from its measurements; a standby from what the leader wrote.
+        if "pools" in leading:
+            found = leading["pools"].pools.get((namespace, name))
+            return None if found is None else found.status
+        pool = await kube.get("workerpools", namespace, name)
+        return None if pool is None else dict(pool.get("status") or {})
+
+    # The metrics port is served by standbys too (KEDA may reach either replica).
+    beside = {} if metrics_port is None else {"http": http.serve(pool_status, metrics_port)}
+    await run_supervised(_lead(settings, kube, elector, leading, namespaces, liveness), beside)
+
+
+async def _lead(
+    settings: Settings,
+    kube: Kube,
+    elector: LeaderElector | None,
+    leading: dict[str, workerpools.WorkerPoolRunner],
+    namespaces: list[str],
+    liveness: str | None,
+) -> None:
+    """Wait for the Lease (when electing), then run kopf and every loop that writes."""
+    if elector is not None:
+        async with standby_liveness(liveness):
+            await elector.acquire()
     broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
     await warn_unless_noeviction(broker.redis)
-    kube = Kube()
     tracker = Tracker(
         broker,
         kube,
@@ -70,7 +99,7 @@ async def _main(
     runner = workflows.WorkflowRunner(broker, kube)
     queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
     cron = schedules.ScheduleRunner(kube)
-    pools = workerpools.WorkerPoolRunner(broker, kube)
+    pools = leading["pools"] = workerpools.WorkerPoolRunner(broker, kube)
     memo = kopf.Memo(
         broker=broker,
         kube=kube,
@@ -94,8 +123,8 @@ async def _main(
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
-    if metrics_port is not None:
-        loops["http"] = http.serve(pools, metrics_port)
+    if elector is not None:
+        loops["leader-lease"] = elector.hold()
     try:
         await run_supervised(
             kopf.operator(
@@ -108,3 +137,13 @@ async def _main(
         )
     finally:
         await broker.close()
+        if elector is not None:
+            await _release(elector)
+
+
+async def _release(elector: LeaderElector) -> None:
+    """Hand the Lease over at once on a stop (every writing loop has ended by now)."""
+    try:
+        await elector.release()
+    except Exception as e:  # the standby then takes over when the Lease expires
+        log.warning("could not release the Lease: %s", e)
