@@ -17,6 +17,16 @@ class Settings(BaseSettings):
     redis_password: SecretStr | None = Field(
         default=None, description="Redis password, when the URL carries none."
     )
+    redis_username: str | None = Field(
+        default=None,
+        description="Redis ACL user, when the URL carries none (a namespace's user under "
+        "redis.acl: the Secret taskorch-redis-user).",
+    )
+    redis_acl: bool = Field(
+        default=False,
+        description="Operator: give every namespace it serves a Redis ACL user limited to that "
+        "namespace's keys, and a Secret taskorch-redis-user with its password there.",
+    )
     redis_tls_ca_file: str | None = Field(
         default=None, description="CA bundle that signs the Redis server's TLS certificate."
     )

@@ -4,6 +4,7 @@ not granted (RBAC least), keeps a scaled worker count across upgrades, and unins
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 import promql_parser
 import pytest
+import redis
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -158,6 +160,20 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     assert_queries_parse_and_name_real_metrics(queries)
     env = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "TASKORCH_REDIS_TLS_CA_FILE", "value": "/etc/taskorch/redis-ca/ca.crt"} in env
+    # redis.acl: workers get the namespace's own Redis user, never the main password.
+    by_name = {e["name"]: e for e in env}
+    for var, key in (
+        ("TASKORCH_REDIS_USERNAME", "username"),
+        ("TASKORCH_REDIS_PASSWORD", "password"),
+    ):
+        ref = by_name[var]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "taskorch-redis-user", "key": key}
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["taskorch-redis-user"],
+        "verbs": ["get"],
+    } in roles[0]["rules"]
     bundled = render(cluster, "--set", "networkPolicy.enabled=true")
     assert len(by_kind(bundled, "NetworkPolicy")) == 2  # Redis is fenced off too
 
@@ -204,6 +220,7 @@ def example_task_succeeds_as_operator_sa(
     sa_kubeconfig: Path,
     workers: Callable[..., Proc],
     *operator_args: str,
+    acl: bool = False,
 ) -> Iterator[None]:
     """Run the operator as a local process authenticated with the chart's ServiceAccount token
     (so real RBAC decides what it may do) and a worker; the example Task must succeed."""
@@ -218,9 +235,12 @@ def example_task_succeeds_as_operator_sa(
         TASKORCH_LEADER_ELECTION="true",
         TASKORCH_LEADER_ELECTION_NAMESPACE=namespace,
         TASKORCH_LEADER_ELECTION_LEASE=f"{release}-operator",
+        **({"TASKORCH_REDIS_ACL": "true"} if acl else {}),
     )
     try:
-        workers()
+        # Under redis.acl the worker authenticates as the namespace's own Redis user, from the
+        # Secret the operator made (as the chart's worker Deployment does).
+        workers(**(redis_user_env(cluster, namespace) if acl else {}))
         cluster.kubectl("apply", "-f", str(REPO / "examples" / "task.yaml"), namespace=namespace)
         cluster.kubectl(
             "wait",
@@ -232,6 +252,23 @@ def example_task_succeeds_as_operator_sa(
         yield
     finally:
         operator.stop()  # a clean stop releases the Lease
+
+
+def redis_user_env(cluster: Cluster, namespace: str) -> dict[str, str]:
+    def secret() -> dict[str, str] | None:
+        found = cluster.kubectl(
+            "get", "secret", "taskorch-redis-user", "-o", "json", check=False, namespace=namespace
+        )
+        if found.returncode != 0:
+            return None
+        data = json.loads(found.stdout)["data"]
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    creds = wait_for(secret, timeout=60, what="the namespace's Redis user Secret")
+    return {
+        "TASKORCH_REDIS_USERNAME": creds["username"],
+        "TASKORCH_REDIS_PASSWORD": creds["password"],
+    }
 
 
 @pytest.fixture
@@ -447,15 +484,43 @@ def test_namespaced_install_runs_tasks_with_roles_only(
         "redis.mode=external",
         "--set",
         f"redis.external.url={redis_url}",
+        "--set",
+        "redis.acl=true",
     )
     objects = _instance_objects(cluster, namespace, release)
     assert f"role.rbac.authorization.k8s.io/{release}-operator" in objects
     assert not any(o.startswith("clusterrole") for o in objects), objects
     sa_kubeconfig = tmp_path / "operator-sa.kubeconfig"
     with example_task_succeeds_as_operator_sa(
-        cluster, namespace, release, redis_url, sa_kubeconfig, workers, "--namespace", namespace
+        cluster,
+        namespace,
+        release,
+        redis_url,
+        sa_kubeconfig,
+        workers,
+        "--namespace",
+        namespace,
+        acl=True,
     ):
         pass
+    # The worker ran the example Task as the namespace's Redis user, which reaches nothing of
+    # another namespace (tests/with_redis/test_redis_users.py checks every way in).
+    env = redis_user_env(cluster, namespace)
+    user = redis.Redis.from_url(
+        redis_url,
+        username=env["TASKORCH_REDIS_USERNAME"],
+        password=env["TASKORCH_REDIS_PASSWORD"],
+    )
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        connected_as = {c["user"] for c in admin.client_list()}
+        assert f"taskorch-{namespace}" in connected_as, connected_as  # the running worker
+        assert user.exists(f"taskorch:{{{namespace}/default}}:stats") == 1
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            user.hgetall("taskorch:{other-team/default}:config")
+    finally:
+        user.close()
+        admin.close()
     api = k8s_config.new_client_from_config(config_file=str(sa_kubeconfig))
     with pytest.raises(ApiException) as elsewhere:
         k8s.CustomObjectsApi(api).list_namespaced_custom_object(

@@ -90,6 +90,27 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{- /* A worker's Redis settings: the namespace's own ACL user under redis.acl, else the
+main credentials. */ -}}
+{{- define "taskorch.workerRedisEnv" -}}
+{{- if .Values.redis.acl }}
+- name: TASKORCH_REDIS_URL
+  value: {{ include "taskorch.redisUrl" . | quote }}
+- name: TASKORCH_REDIS_USERNAME
+  valueFrom:
+    secretKeyRef: {name: taskorch-redis-user, key: username}
+- name: TASKORCH_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: taskorch-redis-user, key: password}
+{{- if and (eq .Values.redis.mode "external") .Values.redis.external.tls.caSecret }}
+- name: TASKORCH_REDIS_TLS_CA_FILE
+  value: /etc/taskorch/redis-ca/{{ .Values.redis.external.tls.caKey }}
+{{- end }}
+{{- else }}
+{{- include "taskorch.redisEnv" . }}
+{{- end }}
+{{- end -}}
+
 {{- define "taskorch.redisCaVolume" -}}
 {{- if and (eq .Values.redis.mode "external") .Values.redis.external.tls.caSecret }}
 - name: redis-ca

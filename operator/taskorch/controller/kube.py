@@ -260,6 +260,20 @@ class Kube:
         )
         await self._run(self.core.create_namespaced_event, namespace, body)
 
+    async def create_secret(
+        self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str]
+    ) -> bool:
+        """Create an Opaque Secret; False when one of that name exists already."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "labels": labels},
+            "type": "Opaque",
+            "stringData": data,
+        }
+        created = await self._unless((409,), self.core.create_namespaced_secret, namespace, body)
+        return created is not None
+
     async def read_key(self, namespace: str, kind: str, name: str, key: str) -> str:
         """A Secret's or ConfigMap's value; raises KeyError when the object or key is missing and
         PermissionError when RBAC does not let the operator read it."""

@@ -15,6 +15,7 @@ import kopf
 from taskorch.controller import (
     http,
     queue_metrics,
+    redis_users,
     schedules,
     taskqueues,
     tasks,
@@ -123,6 +124,9 @@ async def _lead(
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
+    if settings.redis_acl:
+        users = memo.redis_users = redis_users.RedisUsers(broker.redis, kube)
+        loops["redis-users"] = users.run(namespaces)
     if elector is not None:
         loops["leader-lease"] = elector.hold()
     try:

@@ -19,6 +19,8 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 def connect(url: str, settings: Settings, **kw: Any) -> RedisClient:
     """A client for `url` with the password and TLS CA of `settings` when they are set."""
+    if settings.redis_username:
+        kw.setdefault("username", settings.redis_username)
     if settings.redis_password is not None:
         kw.setdefault("password", settings.redis_password.get_secret_value())
     if settings.redis_tls_ca_file:
@@ -33,6 +35,17 @@ def connect(url: str, settings: Settings, **kw: Any) -> RedisClient:
             f"{CLUSTER_SCHEMES.get(scheme, scheme)}{sep}{rest}", **kw
         )
     return aioredis.Redis.from_url(url, **kw)
+
+
+async def on_every_node(client: RedisClient, *command: str) -> None:
+    """Run a node-local command (ACL SETUSER) on one Redis, or on every node of a Cluster,
+    replicas included, so a promoted replica has it too."""
+    if isinstance(client, aioredis.RedisCluster):
+        # The node list, not the ALL_NODES flag: redis-py routes a flagged ACL command by key.
+        await client.initialize()  # a client that has sent nothing yet knows only its seed
+        await client.execute_command(*command, target_nodes=client.get_nodes())
+    else:
+        await client.execute_command(*command)  # type: ignore[no-untyped-call]
 
 
 async def warn_unless_noeviction(client: RedisClient) -> None:
