@@ -29,8 +29,8 @@ LABELS = {"app.kubernetes.io/part-of": "taskorch", "app.kubernetes.io/component"
 # What a worker, its handlers' SDK calls and `taskorch.Client` send, and nothing else: no SCAN
 # or KEYS (they would list other namespaces' key names), no CONFIG, no FLUSH*.
 COMMAND_GROUPS = (
-    # connecting (HELLO/AUTH/PING/SELECT by redis-py, which shrugs off a refused CLIENT SETINFO; CLUSTER and COMMAND by its
-    # cluster client; READONLY when reading from replicas)
+    # connecting: HELLO/AUTH/PING/SELECT by redis-py (it shrugs off a refused CLIENT SETINFO),
+    # CLUSTER and COMMAND by its cluster client, READONLY when reading from replicas
     "hello auth ping select echo client|setname client|id quit reset readonly",
     "cluster|slots cluster|shards cluster|nodes cluster|myid",
     "command command|docs command|info command|count",
