@@ -22,6 +22,7 @@ from taskorch.controller import (
     workerpools,
     workflows,
 )
+from taskorch.controller.admission import Admission
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.leader import LeaderElector, elector_for, standby_liveness
@@ -36,8 +37,10 @@ log = logging.getLogger("taskorch.operator")
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # Keep kopf's bookkeeping in annotations so the status subresource is ours alone, and post
-    # only warnings as Events (the status writer posts the meaningful ones).
+    # Every handler is an event handler, which kopf keeps no record of (no annotation writes:
+    # controller/admission.py says why); should one ever need it, its bookkeeping goes to
+    # annotations so the status subresource stays ours alone. Post only warnings as Events
+    # (the status writer posts the meaningful ones).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskorch.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="taskorch.io", key="last-handled-configuration"
@@ -101,7 +104,9 @@ async def _lead(
     queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
     cron = schedules.ScheduleRunner(kube)
     pools = leading["pools"] = workerpools.WorkerPoolRunner(broker, kube)
+    admission = Admission(broker, kube)
     memo = kopf.Memo(
+        admission=admission,
         broker=broker,
         kube=kube,
         tracker=tracker,
@@ -140,6 +145,7 @@ async def _lead(
             loops,
         )
     finally:
+        await admission.close()
         await broker.close()
         if elector is not None:
             await _release(elector)

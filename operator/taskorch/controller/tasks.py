@@ -1,5 +1,5 @@
-"""kopf handlers for Task: validate, enqueue (the UID is the task id), cancel, and the watch
-events that feed the resync and TTL tracker."""
+"""Task admission (validate, enqueue: the UID is the task id) and the one kopf handler for
+Tasks, on their watch events, which feeds admission, the resync and the TTL tracker."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from taskorch.controller.status import (
     duplicate_status,
     epoch_seconds,
     failed_status,
-    pending_status,
 )
 from taskorch.errors import Refused, Waiting
 from taskorch.queue.broker import Broker
@@ -115,98 +114,16 @@ async def admit(
     return status
 
 
-async def enqueue(
-    memo: Any,
-    spec: dict[str, Any],
-    meta: dict[str, Any],
-    namespace: str,
-    patch: kopf.Patch,
-    retry: int,
-) -> None:
-    generation = meta.get("generation")
-    try:
-        status = await admit(memo.broker, memo.kube, spec, meta, namespace)
-    except Waiting as e:
-        patch.status.update(pending_status(e.reason, str(e), generation, now_ms()))
-        raise kopf.TemporaryError(str(e), delay=min(5 * 2**retry, 60)) from e
-    except REDIS_ERRORS as e:
-        # Nothing is lost: kopf retries with backoff; the condition tells the user why it waits.
-        patch.status.update(
-            pending_status(
-                Reason.RedisUnreachable, str(e)[:300], generation, now_ms(), "QueueUnavailable"
-            )
-        )
-        raise kopf.TemporaryError(f"redis unreachable: {e}", delay=min(2**retry, 30)) from e
-    if status is not None:
-        patch.status.update(status)
-
-
-@kopf.on.create(*RESOURCE)
-async def task_created(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    namespace: str | None,
-    memo: kopf.Memo,
-    patch: kopf.Patch,
-    retry: int,
-    **_: Any,
-) -> None:
-    if spec.get("suspend") and not spec.get("cancel"):
-        patch.status.update(
-            pending_status(
-                Reason.Suspended,
-                "held until spec.suspend is false",
-                meta.get("generation"),
-                now_ms(),
-            )
-        )
-        return
-    await enqueue(memo, dict(spec), dict(meta), str(namespace), patch, retry)
-
-
-@kopf.on.field(*RESOURCE, field="spec.suspend", old=True, new=False)
-async def task_released(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    namespace: str | None,
-    memo: kopf.Memo,
-    patch: kopf.Patch,
-    retry: int,
-    **_: Any,
-) -> None:
-    await enqueue(memo, dict(spec), dict(meta), str(namespace), patch, retry)
-
-
-@kopf.on.field(*RESOURCE, field="spec.cancel", new=True)
-async def task_cancelled(
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    namespace: str | None,
-    memo: kopf.Memo,
-    patch: kopf.Patch,
-    **_: Any,
-) -> None:
-    generation = meta.get("generation")
-    try:
-        state = await memo.broker.cancel(
-            namespace, spec.get("queue", "default"), meta["uid"], generation
-        )
-    except REDIS_ERRORS as e:
-        raise kopf.TemporaryError(f"redis unreachable: {e}", delay=5) from e
-    if state is None and status.get("phase") not in TERMINAL:
-        # Never reached the queue (suspended, or Pending on payloadFrom): it ends here.
-        patch.status.update(cancelled_status(generation, now_ms()))
-
-
 @kopf.on.event(*RESOURCE)
 async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every watch event: feeds the tracker, and cancels a deleted Task in Redis.
+    """Every watch event: admits the Task (controller/admission.py), feeds the tracker, and
+    cancels a deleted Task in Redis.
 
     Deletion is seen here rather than by an on.delete handler because that would need a
     finalizer, and a finalizer keeps a Task from being deleted while the operator is down. A
     deletion the operator misses (down, or Redis unreachable) leaves the task to run once."""
     memo.tracker.observe(event.get("type"), dict(body))
+    await memo.admission.observe(event.get("type"), dict(body))
     if event.get("type") == "DELETED":
         meta, spec = body["metadata"], body.get("spec", {})
         try:
