@@ -48,6 +48,16 @@ async def run_supervised(
         await cancel_all([main_task, *tasks])
 
 
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled even though no await raised it: a client
+    library that swallows a cancellation delivered mid-call (redis-py 8's cluster client was
+    seen to) would otherwise keep a cancelled loop running for ever. The task's cancelling()
+    count remembers the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel and wait, but not for ever: a task that swallows its cancellation (a blocked
     client call) must not keep the process from stopping."""

@@ -18,6 +18,7 @@ from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import TaskInfo, TaskRef
+from taskorch.supervise import raise_if_cancelled
 
 log = logging.getLogger("taskorch.status")
 GROUP_NAME = "taskorch-operator"
@@ -58,6 +59,7 @@ class StatusWriter:
                 # which keep flowing while one task's write keeps failing.
                 retry_pending = True
                 while True:
+                    raise_if_cancelled()
                     await self._refresh_streams()
                     failed = full = False
                     if retry_pending:

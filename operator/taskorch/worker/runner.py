@@ -30,7 +30,7 @@ from taskorch.errors import LeasesLost, NonRetryable
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import Claimed, Outcome, Settlement, dumps, size_in_bytes
-from taskorch.supervise import run_supervised
+from taskorch.supervise import raise_if_cancelled, run_supervised
 from taskorch.worker import metrics
 from taskorch.worker.app import App, Context, Handler
 from taskorch.worker.failure import error_record, secret_values
@@ -134,6 +134,7 @@ class Worker:
     async def _loop(self) -> None:
         backoff = 0.1
         while not (self.draining and not self.running):
+            raise_if_cancelled()
             self.wake.clear()
             try:
                 worked = await self._settle_and_claim()
