@@ -22,7 +22,9 @@ CLUSTER = "taskorch-bench"
 
 
 def _kubectl(env: dict[str, str], *args: str, input: str | None = None) -> str:
-    return subprocess.run(["kubectl", *args], env=env, input=input, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["kubectl", *args], env=env, input=input, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _status_writes(port: int) -> float:
@@ -37,35 +39,61 @@ def run(redis_url: str, n: int, workdir: Path) -> dict[str, Any]:
     kubeconfig = workdir / "kubeconfig"
     subprocess.run([str(TOOLS / "cluster.sh"), "down", CLUSTER], capture_output=True)
     t_cluster = time.perf_counter()
-    subprocess.run([str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True)
+    subprocess.run(
+        [str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True
+    )
     cluster_start_s = time.perf_counter() - t_cluster
     env = env_with_tools(kubeconfig)
     procs = []
     try:
-        _kubectl(env, "apply", "--server-side", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
+        _kubectl(
+            env,
+            "apply",
+            "--server-side",
+            "-f",
+            str(Path(__file__).resolve().parent.parent / "crds"),
+        )
         _kubectl(env, "wait", "--for=condition=Established", "crd", "--all")
         _kubectl(env, "create", "namespace", "bench")
         metrics = free_port()
-        procs.append(start_operator(redis_url, kubeconfig, workdir / "operator.log", "--metrics-port", str(metrics)))
+        procs.append(
+            start_operator(
+                redis_url, kubeconfig, workdir / "operator.log", "--metrics-port", str(metrics)
+            )
+        )
         for i in range(2):
             procs.append(
-                start_worker(redis_url, "bench", workdir / f"worker{i}.log", concurrency=16, app="taskorch_examples:app")
+                start_worker(
+                    redis_url,
+                    "bench",
+                    workdir / f"worker{i}.log",
+                    concurrency=16,
+                    app="taskorch_examples:app",
+                )
             )
         docs = [
-            {"apiVersion": "taskorch.io/v1alpha1", "kind": "Task", "metadata": {"name": f"t{i}", "namespace": "bench"},
-             "spec": {"type": "noop"}}
+            {
+                "apiVersion": "taskorch.io/v1alpha1",
+                "kind": "Task",
+                "metadata": {"name": f"t{i}", "namespace": "bench"},
+                "spec": {"type": "noop"},
+            }
             for i in range(n)
         ]
         # A poller lists the Tasks every 0.1 s from before the apply, so each task's latency is
         # first-seen → first-seen-Succeeded, not skewed by kubectl applying 500 objects serially.
-        custom = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+        custom = k8s.CustomObjectsApi(
+            k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        )
         seen: dict[str, float] = {}
         done: dict[str, float] = {}
         stop = threading.Event()
 
         def poll() -> None:
             while not stop.is_set() and len(done) < n:
-                items = custom.list_namespaced_custom_object("taskorch.io", "v1alpha1", "bench", "tasks")["items"]
+                items = custom.list_namespaced_custom_object(
+                    "taskorch.io", "v1alpha1", "bench", "tasks"
+                )["items"]
                 now = time.perf_counter()
                 for t in items:
                     name = t["metadata"]["name"]

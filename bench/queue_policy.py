@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from bench.common import DONE_KEY
-from bench.sdk import REPO, VENV_BIN, stop_all, wait_done
+from bench.sdk import REPO, VENV_BIN, stop_all, wait_done, worker_env
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef, TaskRequest
 from taskorch.queue.policy import QueuePolicy
@@ -29,10 +29,25 @@ NS, QUEUE = "bench", "default"
 
 
 def _workers(url: str, logdir: Path, tag: str) -> list[subprocess.Popen[bytes]]:
-    env = {"PYTHONPATH": str(REPO), "BENCH_REDIS_URL": url, "TASKORCH_REDIS_URL": url, "PATH": str(VENV_BIN)}
-    cmd = [str(VENV_BIN / "taskorch"), "worker", "--app", "bench.taskorch_app:app", "-c", "16", "-n", NS]
+    env = worker_env(url)
+    cmd = [
+        str(VENV_BIN / "taskorch"),
+        "worker",
+        "--app",
+        "bench.taskorch_app:app",
+        "-c",
+        "16",
+        "-n",
+        NS,
+    ]
     return [
-        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logdir / f"{tag}-{i}.log").open("w"), stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=(logdir / f"{tag}-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         for i in range(2)
     ]
 
@@ -83,7 +98,9 @@ def _drain(url: str, n: int, keys: int, logdir: Path) -> float:
         stop_all(procs)
 
 
-def keys_vs_plain(url: str, logdir: Path, n: int = 20_000, keys: int = 1000, repeats: int = 3) -> dict[str, Any]:
+def keys_vs_plain(
+    url: str, logdir: Path, n: int = 20_000, keys: int = 1000, repeats: int = 3
+) -> dict[str, Any]:
     plain, keyed = [], []
     for _ in range(repeats):  # alternated, so drift hits both alike
         plain.append(_drain(url, n, 0, logdir))
@@ -127,7 +144,9 @@ def _rate_once(url: str, rate: int, logdir: Path) -> float:
     return len([s for s in started if window <= s < window + 10_000]) / 10 / rate
 
 
-def rate_limit_accuracy(url: str, logdir: Path, rate: int = 200, repeats: int = 3) -> dict[str, Any]:
+def rate_limit_accuracy(
+    url: str, logdir: Path, rate: int = 200, repeats: int = 3
+) -> dict[str, Any]:
     measured = [_rate_once(url, rate, logdir) for _ in range(repeats)]
     return {
         "limit_per_s": rate,

@@ -9,15 +9,19 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from bench import cr, queue_policy, scaling, sdk, workflow
+import redis
+
+from bench import cr, drain, queue_policy, scaling, sdk, workflow
 from bench.common import REDIS_URL
 from tests.support import RedisServer
 
 HERE = Path(__file__).resolve().parent
 N_SDK = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
 N_CR = int(sys.argv[2]) if len(sys.argv) > 2 else 500
+N_DRAIN, N_DRAIN_IO = 20_000, 5_000
 
 
 def main() -> None:
@@ -30,10 +34,13 @@ def main() -> None:
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
         }
+        systems = sdk.systems()
+        results["drain"] = drains(systems, server, work)
+        server.restart()
         rows = []
-        for s in sdk.systems(server.url):
-            print(f"sdk: {s.name} ...", flush=True)
-            rows.append(sdk.run_system(s, server.url, N_SDK, work))
+        for name, module in systems:
+            print(f"sdk end to end: {name} ...", flush=True)
+            rows.append(sdk.run_system(name, module, server.url, N_SDK, work))
         best_peer = max(r["tasks_per_s"] for r in rows if r["system"] != "taskorch")
         for r in rows:
             r["ratio_vs_fastest_peer"] = round(r["tasks_per_s"] / best_peer, 2)
@@ -65,15 +72,82 @@ def main() -> None:
     readme = HERE / "README.md"
     text = readme.read_text()
     start, end = "<!-- results -->", "<!-- /results -->"
-    readme.write_text(text[: text.index(start) + len(start)] + "\n" + table + text[text.index(end) :])
+    readme.write_text(
+        text[: text.index(start) + len(start)] + "\n" + table + text[text.index(end) :]
+    )
     print(table)
+
+
+def drains(
+    systems: list[tuple[str, ModuleType]], server: RedisServer, work: Path
+) -> dict[str, list[dict[str, Any]]]:
+    """The workers alone (bench/drain.py), 3 times each: no-op under appendfsync always (every
+    system), 10 ms I/O (every system), and no-op without persistence (taskorch and the three
+    fastest peers of the first figure, to keep `make bench` within half an hour)."""
+    url = server.url
+    out: dict[str, list[dict[str, Any]]] = {}
+    for mode, io, n in (
+        ("noop_fsync_always", False, N_DRAIN),
+        ("io_10ms_fsync_always", True, N_DRAIN_IO),
+    ):
+        out[mode] = []
+        for name, module in systems:
+            print(f"drain ({mode}): {name} ...", flush=True)
+            out[mode].append(drain.drain(name, module, url, n, io, work))
+    fastest = sorted(
+        (r for r in out["noop_fsync_always"] if r["system"] != "taskorch"),
+        key=lambda r: -r["tasks_per_s"]["median"],
+    )[:3]
+    chosen = {"taskorch", *(r["system"] for r in fastest)}
+    r = redis.Redis.from_url(url)
+    r.config_set("appendonly", "no")
+    try:
+        out["noop_no_persistence"] = []
+        for name, module in systems:
+            if name in chosen:
+                print(f"drain (no persistence): {name} ...", flush=True)
+                out["noop_no_persistence"].append(
+                    drain.drain(name, module, url, N_DRAIN, False, work)
+                )
+    finally:
+        r.config_set("appendonly", "yes")
+    for rows in out.values():
+        best = max(x["tasks_per_s"]["median"] for x in rows if x["system"] != "taskorch")
+        for x in rows:
+            x["ratio_vs_fastest_peer"] = round(x["tasks_per_s"]["median"] / best, 2)
+    return out
+
+
+def render_drains(d: dict[str, list[dict[str, Any]]]) -> list[str]:
+    titles = {
+        "noop_fsync_always": f"Drain, {N_DRAIN} no-op tasks pre-enqueued, appendfsync always",
+        "io_10ms_fsync_always": f"Drain, {N_DRAIN_IO} tasks of 10 ms I/O pre-enqueued, appendfsync always",
+        "noop_no_persistence": f"Drain, {N_DRAIN} no-op tasks pre-enqueued, no persistence (the 3 fastest peers)",
+    }
+    lines: list[str] = []
+    for mode, rows in d.items():
+        lines += [
+            "",
+            f"{titles[mode]}; 2 worker processes, rate from 1 % to 100 % done, 3 runs:",
+            "",
+            "| system | config | tasks/s median (min–max) | × fastest peer | Redis CPU µs/task | worker CPU µs/task |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for x in sorted(rows, key=lambda x: -x["tasks_per_s"]["median"]):
+            t = x["tasks_per_s"]
+            lines.append(
+                f"| {x['system']} | {x['config']} | {t['median']} ({t['min']}–{t['max']}) "
+                f"| {x['ratio_vs_fastest_peer']} | {x['redis_cpu_us_per_task']} | {x['worker_cpu_us_per_task']} |"
+            )
+    return lines
 
 
 def render(r: dict[str, Any]) -> str:
     lines = [
         f"Run {r['when']} on {r['machine']}.",
+        *render_drains(r["drain"]),
         "",
-        f"SDK path, {N_SDK} no-op tasks, 2 worker processes each, one Redis:",
+        f"End to end (enqueue through each system's usual API while its 2 workers run, one run), {N_SDK} no-op tasks:",
         "",
         "| system | config | enqueue s | end-to-end s | tasks/s | × fastest peer |",
         "| --- | --- | ---: | ---: | ---: | ---: |",

@@ -42,19 +42,25 @@ def _all_done(url: str, ids: list[str]) -> list[Any] | None:
 def run(redis_url: str, workdir: Path, waves: int = 8) -> dict[str, Any]:
     kubeconfig = workdir / "kubeconfig-pool"
     subprocess.run([str(TOOLS / "cluster.sh"), "down", CLUSTER], capture_output=True)
-    subprocess.run([str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True)
+    subprocess.run(
+        [str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True
+    )
     cluster = Cluster(kubeconfig, env_with_tools(kubeconfig))
     logs = workdir / "pool-workers"
     logs.mkdir(exist_ok=True)
     operator = None
     try:
-        cluster.kubectl("apply", "--server-side", "-f", str(Path(__file__).resolve().parent.parent / "crds"))
+        cluster.kubectl(
+            "apply", "--server-side", "-f", str(Path(__file__).resolve().parent.parent / "crds")
+        )
         cluster.kubectl("wait", "--for=condition=Established", "crd", "--all")
         cluster.kubectl("create", "namespace", NS)
         operator = start_operator(redis_url, kubeconfig, workdir / "operator-pool.log")
         spec = pool(maxReplicas=6, concurrency=4, cooldownSeconds=5)
         spec["spec"]["scaleDown"] = {"stabilizationWindowSeconds": 2, "maxStepPercent": 50}
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([deployment(0), spec]), namespace=NS)
+        cluster.kubectl(
+            "apply", "-f", "-", input=yaml.safe_dump_all([deployment(0), spec]), namespace=NS
+        )
         with PodWorkers(cluster, NS, redis_url, logs) as pods, ReplicaRecorder(cluster, NS) as rec:
             time.sleep(2)  # the pool's first poll
             # reaction
@@ -74,7 +80,9 @@ def run(redis_url: str, workdir: Path, waves: int = 8) -> dict[str, Any]:
                 all_ids += _enqueue(redis_url, wave)
                 time.sleep(rng.uniform(4, 9))
             infos = wait_for(lambda: _all_done(redis_url, all_ids), timeout=300, what="every wave")
-            wait_for(lambda: replicas(cluster, NS) == 0, timeout=120, what="back to 0 after the soak")
+            wait_for(
+                lambda: replicas(cluster, NS) == 0, timeout=120, what="back to 0 after the soak"
+            )
             series = rec.series
             removed = list(pods.removed)
     finally:
@@ -83,7 +91,9 @@ def run(redis_url: str, workdir: Path, waves: int = 8) -> dict[str, Any]:
         subprocess.run([str(TOOLS / "cluster.sh"), "down", CLUSTER], capture_output=True)
     busy_removed = 0
     for log in logs.glob("*.log"):
-        for m in re.finditer(r"draining: (\d+) attempts in flight", log.read_text(errors="replace")):
+        for m in re.finditer(
+            r"draining: (\d+) attempts in flight", log.read_text(errors="replace")
+        ):
             busy_removed += int(m.group(1)) > 0
     scale_downs = sum(1 for a, b in zip(series, series[1:], strict=False) if b < a)
     return {

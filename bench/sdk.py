@@ -1,9 +1,9 @@
-"""SDK-path benchmark: taskorch vs Celery, RQ, Dramatiq and arq on one Redis, one run, as ratios.
+"""SDK path end to end: taskorch vs the peers (bench/peers) on one Redis, as ratios.
 
 Each system gets 2 worker processes and a no-op handler that INCRs a counter; the harness
 starts the workers, proves they are up with one warm-up task, then enqueues N tasks and times
-enqueue-start → last completion. Also: taskorch's batched enqueue rate from one process, and its
-idle pickup latency (enqueue → handler start).
+enqueue-start → last completion (bench/drain.py times the workers alone). Also: taskorch's
+batched enqueue rate from one process, and its idle pickup latency (enqueue → handler start).
 """
 
 from __future__ import annotations
@@ -13,109 +13,32 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import redis
 
+from bench import peers, taskorch_app
 from bench.common import DONE_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
-@dataclass
-class System:
-    name: str
-    workers: list[list[str]]
-    enqueue: Callable[[str, int], None]
-    config: str
+def systems() -> list[tuple[str, ModuleType]]:
+    """taskorch and every peer, each a module with the same interface (bench/peers/__init__.py)."""
+    return [("taskorch", taskorch_app), *((name, peers.load(name)) for name in peers.PEERS)]
 
 
-def _taskorch_enqueue(url: str, n: int) -> None:
-    import taskorch
-
-    async def go() -> None:
-        async with taskorch.Client(url, namespace="bench") as c:
-            await c.enqueue_many("noop", range(n), batch_size=1000)
-
-    asyncio.run(go())
-
-
-def _celery_enqueue(url: str, n: int) -> None:
-    from bench.peers.celery_app import noop
-
-    for i in range(n):
-        noop.delay(i)
-
-
-def _rq_enqueue(url: str, n: int) -> None:
-    from rq import Queue
-
-    from bench.peers.rq_app import noop
-
-    q = Queue("default", connection=redis.Redis.from_url(url))
-    for start in range(0, n, 1000):
-        q.enqueue_many([Queue.prepare_data(noop, args=(i,)) for i in range(start, min(n, start + 1000))])
-
-
-def _dramatiq_enqueue(url: str, n: int) -> None:
-    from bench.peers.dramatiq_app import noop
-
-    for i in range(n):
-        noop.send(i)
-
-
-def _arq_enqueue(url: str, n: int) -> None:
-    from arq import create_pool
-    from arq.connections import RedisSettings
-
-    async def go() -> None:
-        pool = await create_pool(RedisSettings.from_dsn(url))
-        for start in range(0, n, 1000):
-            await asyncio.gather(*(pool.enqueue_job("noop", i) for i in range(start, min(n, start + 1000))))
-        await pool.aclose()
-
-    asyncio.run(go())
-
-
-def systems(url: str) -> list[System]:
-    b = VENV_BIN
-    two = lambda cmd: [cmd, cmd]  # noqa: E731
-    return [
-        System(
-            "taskorch",
-            two([str(b / "taskorch"), "worker", "--app", "bench.taskorch_app:app", "-c", "16", "-n", "bench"]),
-            _taskorch_enqueue,
-            "2 processes × concurrency 16, batched enqueue (1000/round trip)",
-        ),
-        System(
-            "celery",
-            two([str(b / "celery"), "-A", "bench.peers.celery_app", "worker", "-P", "solo", "-l", "warning"]),
-            _celery_enqueue,
-            "2 processes, solo pool (fastest for no-op), delay() per task",
-        ),
-        System(
-            "rq",
-            two([str(b / "rq"), "worker", "-w", "rq.worker.SimpleWorker", "--url", url, "-q"]),
-            _rq_enqueue,
-            "2 SimpleWorker processes (no fork per job), enqueue_many (1000/pipeline)",
-        ),
-        System(
-            "dramatiq",
-            [[str(b / "dramatiq"), "bench.peers.dramatiq_app", "--processes", "2", "--threads", "8"]],
-            _dramatiq_enqueue,
-            "2 processes × 8 threads, send() per task",
-        ),
-        System(
-            "arq",
-            two([str(b / "arq"), "bench.peers.arq_app.WorkerSettings"]),
-            _arq_enqueue,
-            "2 processes × max_jobs 16, enqueue_job gathered 1000 at a time",
-        ),
-    ]
+def worker_env(url: str, io: bool = False) -> dict[str, str]:
+    return {
+        "PYTHONPATH": str(REPO),
+        "BENCH_REDIS_URL": url,
+        "TASKORCH_REDIS_URL": url,
+        "PATH": str(VENV_BIN),
+        "BENCH_SLEEP_MS": "10" if io else "0",
+    }
 
 
 def wait_done(r: redis.Redis, n: int, timeout: float) -> float:
@@ -138,27 +61,34 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def run_system(s: System, url: str, n: int, logdir: Path) -> dict[str, Any]:
+def run_system(name: str, system: ModuleType, url: str, n: int, logdir: Path) -> dict[str, Any]:
+    """End to end: the workers are up (proved by one warm-up task), then N tasks are enqueued
+    through the system's usual API and timed from the first enqueue to the last completion."""
     r = redis.Redis.from_url(url)
     r.flushall()
-    env = {"PYTHONPATH": str(REPO), "BENCH_REDIS_URL": url, "TASKORCH_REDIS_URL": url, "PATH": str(VENV_BIN)}
     procs = [
-        subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logdir / f"{s.name}-{i}.log").open("w"), stderr=subprocess.STDOUT)
-        for i, cmd in enumerate(s.workers)
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=worker_env(url),
+            stdout=(logdir / f"{name}-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i, cmd in enumerate(system.worker_commands(VENV_BIN, url, False))
     ]
     try:
-        s.enqueue(url, 1)  # warm-up: the workers are up when it is done
+        system.enqueue(url, 1)  # warm-up: the workers are up when it is done
         wait_done(r, 1, 120)
         r.set(DONE_KEY, 0)
         t0 = time.perf_counter()
-        s.enqueue(url, n)
+        system.enqueue(url, n)
         t_enq = time.perf_counter()
         t1 = wait_done(r, n, 600)
     finally:
         stop_all(procs)
     return {
-        "system": s.name,
-        "config": s.config,
+        "system": name,
+        "config": system.CONFIG,
         "tasks": n,
         "enqueue_s": round(t_enq - t0, 3),
         "end_to_end_s": round(t1 - t0, 3),
@@ -169,7 +99,7 @@ def run_system(s: System, url: str, n: int, logdir: Path) -> dict[str, Any]:
 def taskorch_batched_enqueue(url: str, n: int) -> dict[str, Any]:
     redis.Redis.from_url(url).flushall()
     t0 = time.perf_counter()
-    _taskorch_enqueue(url, n)
+    taskorch_app.enqueue(url, n)
     dt = time.perf_counter() - t0
     return {"tasks": n, "seconds": round(dt, 3), "tasks_per_s": round(n / dt)}
 
@@ -179,9 +109,14 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
 
     r = redis.Redis.from_url(url)
     r.flushall()
-    env = {"PYTHONPATH": str(REPO), "BENCH_REDIS_URL": url, "TASKORCH_REDIS_URL": url, "PATH": str(VENV_BIN)}
-    cmd = [str(VENV_BIN / "taskorch"), "worker", "--app", "bench.taskorch_app:app", "-c", "16", "-n", "bench"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=(logdir / "latency.log").open("w"), stderr=subprocess.STDOUT)
+    [cmd, _] = taskorch_app.worker_commands(VENV_BIN, url, False)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=worker_env(url),
+        stdout=(logdir / "latency.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
 
     async def go() -> list[float]:
         async with taskorch.Client(url, namespace="bench") as c:
@@ -190,7 +125,9 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
                 deadline = time.monotonic() + 30
                 while r.llen("bench:latency") < i + 1:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"latency sample {i} never ran; see {logdir}/latency.log")
+                        raise TimeoutError(
+                            f"latency sample {i} never ran; see {logdir}/latency.log"
+                        )
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(0.02)  # let the worker go idle (blocked on its marker) again
         return [float(x) for x in r.lrange("bench:latency", 1, -1)]  # the first one warms up

@@ -33,10 +33,14 @@ def _status_writes(port: int) -> float:
     return 0.0
 
 
-def _until_succeeded(custom: Any, name: str, interval: float, timeout: float = 120) -> dict[str, Any]:
+def _until_succeeded(
+    custom: Any, name: str, interval: float, timeout: float = 120
+) -> dict[str, Any]:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        w: dict[str, Any] = custom.get_namespaced_custom_object("taskorch.io", "v1alpha1", NS, "workflows", name)
+        w: dict[str, Any] = custom.get_namespaced_custom_object(
+            "taskorch.io", "v1alpha1", NS, "workflows", name
+        )
         phase = w.get("status", {}).get("phase")
         if phase == "Succeeded":
             return w
@@ -47,17 +51,34 @@ def _until_succeeded(custom: Any, name: str, interval: float, timeout: float = 1
 
 
 def _create(custom: Any, name: str, spec: dict[str, Any]) -> None:
-    body = {"apiVersion": "taskorch.io/v1alpha1", "kind": "Workflow", "metadata": {"name": name}, "spec": spec}
+    body = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
     custom.create_namespaced_custom_object("taskorch.io", "v1alpha1", NS, "workflows", body)
 
 
 PIPELINE = {
     "steps": [
-        {"name": "download", "type": "download_image", "payload": {"image_url": "https://example.com/cat.jpg"}},
-        {"name": "resize", "type": "resize_image", "dependsOn": ["download"],
-         "payload": {"path": "{{ steps.download.result.path }}", "width": 256}},
-        {"name": "upload", "type": "upload_image", "dependsOn": ["resize"],
-         "payload": {"path": "{{ steps.resize.result.path }}"}},
+        {
+            "name": "download",
+            "type": "download_image",
+            "payload": {"image_url": "https://example.com/cat.jpg"},
+        },
+        {
+            "name": "resize",
+            "type": "resize_image",
+            "dependsOn": ["download"],
+            "payload": {"path": "{{ steps.download.result.path }}", "width": 256},
+        },
+        {
+            "name": "upload",
+            "type": "upload_image",
+            "dependsOn": ["resize"],
+            "payload": {"path": "{{ steps.resize.result.path }}"},
+        },
     ]
 }
 
@@ -77,22 +98,48 @@ async def _sdk_drain(redis_url: str, n: int) -> float:
 def run(redis_url: str, workdir: Path, pipelines: int = 20, items: int = 1000) -> dict[str, Any]:
     kubeconfig = workdir / "kubeconfig-wf"
     subprocess.run([str(TOOLS / "cluster.sh"), "down", CLUSTER], capture_output=True)
-    subprocess.run([str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True)
+    subprocess.run(
+        [str(TOOLS / "cluster.sh"), "up", CLUSTER, str(kubeconfig)], check=True, capture_output=True
+    )
     env = env_with_tools(kubeconfig)
     procs = []
     try:
         crds = str(Path(__file__).resolve().parent.parent / "crds")
-        subprocess.run(["kubectl", "apply", "--server-side", "-f", crds], env=env, check=True, capture_output=True)
-        subprocess.run(["kubectl", "wait", "--for=condition=Established", "crd", "--all"], env=env, check=True, capture_output=True)
-        subprocess.run(["kubectl", "create", "namespace", NS], env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["kubectl", "apply", "--server-side", "-f", crds],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["kubectl", "wait", "--for=condition=Established", "crd", "--all"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["kubectl", "create", "namespace", NS], env=env, check=True, capture_output=True
+        )
         metrics = free_port()
-        procs.append(start_operator(redis_url, kubeconfig, workdir / "operator-wf.log", "--metrics-port", str(metrics)))
+        procs.append(
+            start_operator(
+                redis_url, kubeconfig, workdir / "operator-wf.log", "--metrics-port", str(metrics)
+            )
+        )
         for i in range(2):
             procs.append(
-                start_worker(redis_url, NS, workdir / f"worker-wf{i}.log", concurrency=16,
-                             app="taskorch_examples:app", args=("--queues", "default,sdk"))
+                start_worker(
+                    redis_url,
+                    NS,
+                    workdir / f"worker-wf{i}.log",
+                    concurrency=16,
+                    app="taskorch_examples:app",
+                    args=("--queues", "default,sdk"),
+                )
             )
-        custom = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+        custom = k8s.CustomObjectsApi(
+            k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        )
         # One run first, not counted: the workers just started and may still be importing.
         _create(custom, "warm-up", PIPELINE)
         _until_succeeded(custom, "warm-up", 0.05)
@@ -107,7 +154,11 @@ def run(redis_url: str, workdir: Path, pipelines: int = 20, items: int = 1000) -
         sdk_s = asyncio.run(_sdk_drain(redis_url, items))
         writes_before = _status_writes(metrics)
         t0 = time.perf_counter()
-        _create(custom, "fan-out", {"steps": [{"name": "each", "type": "noop", "forEach": list(range(items))}]})
+        _create(
+            custom,
+            "fan-out",
+            {"steps": [{"name": "each", "type": "noop", "forEach": list(range(items))}]},
+        )
         final = _until_succeeded(custom, "fan-out", 0.05)
         fan_out_s = time.perf_counter() - t0
         writes = _status_writes(metrics) - writes_before

@@ -39,7 +39,7 @@ COMMAND_GROUPS = (
     # the scripts' own commands, and the Python side's
     "decr del exists expire pexpire persist get set incr time",
     "hdel hexists hget hgetall hincrby hmget hset hsetnx",
-    "lindex llen lpop lpush rpush blpop sadd xadd",
+    "lindex llen lpop lmpop lpush rpush blpop sadd xadd",
     "zadd zcard zcount zrange zrem zremrangebyscore",
 )
 COMMANDS = " ".join(COMMAND_GROUPS).split()

@@ -440,15 +440,16 @@ class Worker:
             label = "TimedOut" if isinstance(e, TimeoutError) else "Failed"
             delay_ms = int(policy.delay(c.failures + 1) * 1000)
             return settle(Outcome.retry, data, label, short, delay_ms)
-        metrics.DURATION.labels(*labels).observe(time.perf_counter() - started)
+        succeeded, duration = metrics.on_success(*labels)
+        duration.observe(time.perf_counter() - started)
         try:
-            data = dumps(result)
+            data = "null" if result is None else dumps(result)
         except (TypeError, ValueError) as e:
             return dead(e, Reason.ResultNotSerializable)
         if (size := size_in_bytes(data)) > MAX_RESULT_BYTES:
             too_large = ValueError(f"result is {size} bytes as JSON, over {MAX_RESULT_BYTES}")
             return dead(too_large, Reason.ResultTooLarge)
-        metrics.PROCESSED.labels(*labels).inc()
+        succeeded.inc()
         return settle(Outcome.ok, data, "Succeeded")
 
     def _hand_back(self, c: Claimed, queue: str) -> Settlement:
@@ -476,7 +477,11 @@ class Worker:
     ) -> Any:
         args = (ctx, payload) if handler.takes_payload else (ctx,)
         if handler.is_async:
-            return await asyncio.wait_for(handler.func(*args), timeout)
+            if timeout is None:
+                return await handler.func(*args)
+            # asyncio.timeout, not wait_for: wait_for wraps every call in another task (3.11).
+            async with asyncio.timeout(timeout):
+                return await handler.func(*args)
         return await self.threads.call(functools.partial(handler.func, *args), timeout)
 
 

@@ -60,11 +60,14 @@ local function wake()
   if redis.call('LLEN', key.marker) == 0 then redis.call('RPUSH', key.marker, '1') end
 end
 
+-- The ready lists, highest priority first (an empty list does not exist in Redis, so one
+-- EXISTS over them tells whether any work is ready, and one LMPOP takes the most urgent).
+local READY_KEYS = {}
+for p = 9, 0, -1 do READY_KEYS[#READY_KEYS + 1] = key.ready(p) end
+
 -- wake, when any ready work waits.
 local function wake_if_ready()
-  for p = 9, 0, -1 do
-    if redis.call('LLEN', key.ready(p)) > 0 then wake() return end
-  end
+  if redis.call('EXISTS', unpack(READY_KEYS)) > 0 then wake() end
 end
 
 -- A state change on the stream the operator's status writer consumes.
@@ -77,14 +80,18 @@ local function notify(id, state)
   if redis.call('HGET', key.task(id), 'notify') == '1' then emit(id, state) end
 end
 
--- Appends an attempt's record, timed by Redis (the attempt's claim, now). Undecodable JSON is
--- skipped, never raised: a script error would abort the rest of a worker's batch.
-local function push_history(id, entry)
-  if entry == nil or entry == '' then return end
+-- The history with an attempt's record appended, timed by Redis (the attempt's claim, now), or
+-- nil to leave it as it is. `raw` is the current history, `started` the attempt's claim time.
+-- Undecodable JSON is skipped, never raised: a script error would abort the rest of a worker's
+-- batch. A first attempt's record (the common case) is spliced as text, not decoded and encoded.
+local function history_with(entry, raw, started)
+  if entry == nil or entry == '' then return nil end
+  local times = '"startTime":' .. (tonumber(started) or 'null') .. ',"finishTime":' .. now
+  if (not raw or raw == '') and entry:match('^{".*}$') then
+    return '[{' .. times .. ',' .. entry:sub(2) .. ']'
+  end
   local ok, item = pcall(cjson.decode, entry)
-  if not ok or type(item) ~= 'table' then return end
-  local t = key.task(id)
-  local raw, started = unpack(redis.call('HMGET', t, 'history', 'attempt_ms'))
+  if not ok or type(item) ~= 'table' then return nil end
   local list = {}
   if raw and raw ~= '' then
     local fine, decoded = pcall(cjson.decode, raw)
@@ -94,7 +101,15 @@ local function push_history(id, entry)
   item.finishTime = now
   table.insert(list, item)
   while #list > HISTORY do table.remove(list, 1) end
-  redis.call('HSET', t, 'history', cjson.encode(list))
+  return cjson.encode(list)
+end
+
+local function push_history(id, entry)
+  if entry == nil or entry == '' then return end
+  local t = key.task(id)
+  local raw, started = unpack(redis.call('HMGET', t, 'history', 'attempt_ms'))
+  local history = history_with(entry, raw, started)
+  if history then redis.call('HSET', t, 'history', history) end
 end
 
 local function cancel_requested(id)
@@ -137,10 +152,11 @@ local function enter(id)
   end
 end
 
--- An admitted task ended: its slot goes to the next of its key.
-local function leave(id)
+-- An admitted task ended: its slot goes to the next of its key. `ck` and `held` are the task's
+-- fields of that name (read here when the caller has not).
+local function leave(id, ck, held)
   local t = key.task(id)
-  local ck, held = unpack(redis.call('HMGET', t, 'ck', 'ckin'))
+  if held == nil then ck, held = unpack(redis.call('HMGET', t, 'ck', 'ckin')) end
   if ck and held == '1' then
     redis.call('HDEL', t, 'ckin')
     if redis.call('DECR', key.ck_admitted(ck)) <= 0 then redis.call('DEL', key.ck_admitted(ck)) end
@@ -148,21 +164,36 @@ local function leave(id)
   end
 end
 
+-- The task fields `finish` needs, in this order; a caller that read them already passes them.
+local FINISH_FIELDS = {'notify', 'retention', 'ck', 'ckin'}
+
 -- A terminal state. Succeeded and cancelled tasks expire after their retention; dead ones stay
--- as long as they are in the DLQ, which has bounds of its own (dead_letter).
-local function finish(id, state)
+-- as long as they are in the DLQ, which has bounds of its own (dead_letter). `f`: the task's
+-- FINISH_FIELDS, if read already; `extra`: more field/value pairs to set in the same HSET;
+-- `was_active`: the task held a lease, so it is in no delayed set; `batched`: the caller
+-- removes it from `active` and counts it in `stats` itself, with its other tasks.
+local function finish(id, state, f, extra, was_active, batched)
   local t = key.task(id)
-  redis.call('HSET', t, 'state', state, 'finished_ms', now)
-  redis.call('HDEL', t, 'owner', 'next_retry_ms')
-  redis.call('ZREM', key.active, id)
-  redis.call('ZREM', key.delayed, id)
-  redis.call('HINCRBY', key.stats, state, 1)
-  leave(id)
+  if not f then f = redis.call('HMGET', t, unpack(FINISH_FIELDS)) end
+  local set = {'HSET', t, 'state', state, 'finished_ms', now}
+  for _, v in ipairs(extra or {}) do set[#set + 1] = v end
+  redis.call(unpack(set))
+  if state == 'succeeded' then
+    redis.call('HDEL', t, 'owner', 'next_retry_ms', 'error')
+  else
+    redis.call('HDEL', t, 'owner', 'next_retry_ms')
+  end
+  if not batched then
+    redis.call('ZREM', key.active, id)
+    redis.call('HINCRBY', key.stats, state, 1)
+  end
+  if not was_active then redis.call('ZREM', key.delayed, id) end
+  leave(id, f[3], f[4])
   if state ~= 'dead' then
-    local retention = tonumber(redis.call('HGET', t, 'retention') or '0')
+    local retention = tonumber(f[2] or '0')
     if retention and retention > 0 then redis.call('EXPIRE', t, retention) end
   end
-  notify(id, state)
+  if f[1] == '1' then emit(id, state) end
 end
 
 local function drop_dead(ids)

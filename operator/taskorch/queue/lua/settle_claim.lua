@@ -9,22 +9,29 @@ local worker, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local limits = read_limits(4)
 local rejected = {}
 local CLAIM_FIELDS = 10
+-- Successes leave `active` and count in `stats` once per call, not once per task.
+local succeeded = {}
 
 for i = 9, #ARGV, 6 do
   local id, fence, outcome, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local delay_ms, hist = tonumber(ARGV[i + 4]) or 0, ARGV[i + 5]
   local t = key.task(id)
-  local cur = redis.call('HMGET', t, 'state', 'fence')
+  local cur = redis.call('HMGET', t, 'state', 'fence', 'history', 'attempt_ms',
+    unpack(FINISH_FIELDS))
   -- The fence token: a zombie whose lease expired and was re-claimed cannot settle.
   if cur[1] ~= 'active' or cur[2] ~= fence then
     rejected[#rejected + 1] = id
+  elseif outcome == 'ok' then
+    -- The common case (a success wins over a cancel requested meanwhile) in as few calls as
+    -- it takes: the fields read above, one HSET, one HDEL, one ZREM.
+    local extra = {'result', data}
+    local history = history_with(hist, cur[3], cur[4])
+    if history then extra[3], extra[4] = 'history', history end
+    finish(id, 'succeeded', {cur[5], cur[6], cur[7], cur[8]}, extra, true, true)
+    succeeded[#succeeded + 1] = id
   else
     push_history(id, hist)
-    if outcome == 'ok' then
-      redis.call('HSET', t, 'result', data)
-      redis.call('HDEL', t, 'error')
-      finish(id, 'succeeded')
-    elseif outcome == 'cancelled' or cancel_requested(id) then
+    if outcome == 'cancelled' or cancel_requested(id) then
       -- The user's cancel wins over a failure, a retry, a drain or a hand-back.
       finish(id, 'cancelled')
     elseif outcome == 'retry' then
@@ -73,6 +80,11 @@ for i = 9, #ARGV, 6 do
   end
 end
 
+for s = 1, #succeeded, 1000 do
+  redis.call('ZREM', key.active, unpack(succeeded, s, math.min(s + 999, #succeeded)))
+end
+if #succeeded > 0 then redis.call('HINCRBY', key.stats, 'succeeded', #succeeded) end
+
 reap(limits)
 local claimed = {}
 local paused = limits.paused
@@ -120,13 +132,18 @@ if want > 0 and not paused then
   -- Ids cancelled while queued are dropped here, lazily: at most MAX_SKIPS a call, so a mass
   -- cancel costs many short claims, never one that stalls Redis.
   local MAX_SKIPS, skipped = 1000, 0
-  for p = 9, 0, -1 do
-    local list = key.ready(p)
-    while #claimed < n * CLAIM_FIELDS and skipped < MAX_SKIPS do
-      local id = redis.call('LPOP', list)
-      if not id then break end
+  local leases = {}  -- score, id pairs for one ZADD to `active`
+  while #claimed < n * CLAIM_FIELDS and skipped < MAX_SKIPS do
+    -- The most urgent ready tasks, from the highest non-empty priority, in one call.
+    local pop = {'LMPOP', #READY_KEYS}
+    for _, k in ipairs(READY_KEYS) do pop[#pop + 1] = k end
+    pop[#pop + 1], pop[#pop + 2], pop[#pop + 3] = 'LEFT', 'COUNT', n - #claimed / CLAIM_FIELDS
+    local got = redis.call(unpack(pop))
+    if not got then break end
+    for _, id in ipairs(got[2]) do
       local t = key.task(id)
-      local f = redis.call('HMGET', t, 'state', 'deadline_ms')
+      local f = redis.call('HMGET', t, 'state', 'deadline_ms', 'fence', 'attempt', 'started_ms',
+        'notify', 'failures', 'max_attempts', 'type', 'payload', 'policy', 'timeout_ms', 'redact')
       local deadline = tonumber(f[2]) or 0
       if f[1] ~= 'queued' then
         skipped = skipped + 1
@@ -134,21 +151,26 @@ if want > 0 and not paused then
         dead_letter(id, cjson.encode({type = 'DeadlineExceeded', reason = 'DeadlineExceeded',
           message = 'the task deadline passed before an attempt could start'}), limits)
       else
-        local fence = redis.call('HINCRBY', t, 'fence', 1)
-        local attempt = redis.call('HINCRBY', t, 'attempt', 1)
-        redis.call('HSET', t, 'state', 'active', 'owner', worker, 'attempt_ms', now)
-        redis.call('HSETNX', t, 'started_ms', now)
-        redis.call('ZADD', key.active, now + lease_ms, id)
-        notify(id, 'active')
-        local v = redis.call('HMGET', t, 'failures', 'max_attempts', 'type', 'payload',
-          'policy', 'timeout_ms', 'redact')
+        local fence, attempt = (tonumber(f[3]) or 0) + 1, (tonumber(f[4]) or 0) + 1
+        if f[5] then
+          redis.call('HSET', t, 'state', 'active', 'owner', worker, 'attempt_ms', now,
+            'fence', fence, 'attempt', attempt)
+        else
+          redis.call('HSET', t, 'state', 'active', 'owner', worker, 'attempt_ms', now,
+            'fence', fence, 'attempt', attempt, 'started_ms', now)
+        end
+        leases[#leases + 1] = now + lease_ms
+        leases[#leases + 1] = id
+        if f[6] == '1' then emit(id, 'active') end
         claimed[#claimed + 1] = id
         claimed[#claimed + 1] = tostring(fence)
         claimed[#claimed + 1] = tostring(attempt)
-        for j = 1, 7 do claimed[#claimed + 1] = v[j] or '' end
+        for j = 7, 13 do claimed[#claimed + 1] = f[j] or '' end
       end
     end
-    if #claimed >= n * CLAIM_FIELDS or skipped >= MAX_SKIPS then break end
+  end
+  for s = 1, #leases, 1000 do
+    redis.call('ZADD', key.active, unpack(leases, s, math.min(s + 999, #leases)))
   end
   spend_tokens(#claimed / CLAIM_FIELDS)
   if (#claimed >= n * CLAIM_FIELDS and want == asked) or skipped >= MAX_SKIPS then
