@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
-from taskorch.api.task import TERMINAL_PHASES, TaskSpec, priority_level
+from taskorch.api.task import TaskSpec, priority_level
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import (
     cancelled_status,
@@ -27,7 +27,6 @@ from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, dumps, now_ms, 
 log = logging.getLogger("taskorch.tasks")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 RESOURCE = (GROUP, VERSION, "tasks")
-TERMINAL = {p.value for p in TERMINAL_PHASES}
 
 
 async def build_request(
