@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import redis
 
 from bench.common import DONE_KEY
-from bench.sdk import REPO, VENV_BIN, stop_all, worker_env
+from bench.sdk import VENV_BIN, start_workers, stop_all
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -59,18 +58,9 @@ def drain_once(
     r = redis.Redis.from_url(url)
     r.flushall()
     system.enqueue(url, n)
-    env = worker_env(url, io)
     first = max(1, n // 100)
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=(logdir / f"drain-{name}-{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for i, cmd in enumerate(system.worker_commands(VENV_BIN, url, io))
-    ]
+    commands = system.worker_commands(VENV_BIN, url, io)
+    procs = start_workers(commands, url, logdir, f"drain-{name}", io)
     try:
         deadline = time.perf_counter() + 600
         t1 = None

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from bench.common import DONE_KEY
-from bench.sdk import REPO, VENV_BIN, stop_all, wait_done, worker_env
+from bench.sdk import VENV_BIN, start_workers, stop_all, wait_done
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TaskRef, TaskRequest
 from taskorch.queue.policy import QueuePolicy
@@ -29,7 +29,6 @@ NS, QUEUE = "bench", "default"
 
 
 def _workers(url: str, logdir: Path, tag: str) -> list[subprocess.Popen[bytes]]:
-    env = worker_env(url)
     cmd = [
         str(VENV_BIN / "taskorch"),
         "worker",
@@ -40,16 +39,7 @@ def _workers(url: str, logdir: Path, tag: str) -> list[subprocess.Popen[bytes]]:
         "-n",
         NS,
     ]
-    return [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=(logdir / f"{tag}-{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(2)
-    ]
+    return start_workers([cmd, cmd], url, logdir, tag)
 
 
 async def _enqueue(url: str, requests: list[TaskRequest]) -> list[str]:

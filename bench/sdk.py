@@ -61,21 +61,28 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def start_workers(
+    commands: list[list[str]], url: str, logdir: Path, tag: str, io: bool = False
+) -> list[subprocess.Popen[bytes]]:
+    """Start a system's worker processes, each logging to `<logdir>/<tag>-<i>.log`."""
+    return [
+        subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=worker_env(url, io),
+            stdout=(logdir / f"{tag}-{i}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for i, cmd in enumerate(commands)
+    ]
+
+
 def run_system(name: str, system: ModuleType, url: str, n: int, logdir: Path) -> dict[str, Any]:
     """End to end: the workers are up (proved by one warm-up task), then N tasks are enqueued
     through the system's usual API and timed from the first enqueue to the last completion."""
     r = redis.Redis.from_url(url)
     r.flushall()
-    procs = [
-        subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=worker_env(url),
-            stdout=(logdir / f"{name}-{i}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for i, cmd in enumerate(system.worker_commands(VENV_BIN, url, False))
-    ]
+    procs = start_workers(system.worker_commands(VENV_BIN, url, False), url, logdir, name)
     try:
         system.enqueue(url, 1)  # warm-up: the workers are up when it is done
         wait_done(r, 1, 120)
@@ -110,13 +117,7 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
     r = redis.Redis.from_url(url)
     r.flushall()
     [cmd, _] = taskorch_app.worker_commands(VENV_BIN, url, False)
-    proc = subprocess.Popen(
-        cmd,
-        cwd=REPO,
-        env=worker_env(url),
-        stdout=(logdir / "latency.log").open("w"),
-        stderr=subprocess.STDOUT,
-    )
+    procs = start_workers([cmd], url, logdir, "latency")
 
     async def go() -> list[float]:
         async with taskorch.Client(url, namespace="bench") as c:
@@ -126,7 +127,7 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
                 while r.llen("bench:latency") < i + 1:
                     if time.monotonic() > deadline:
                         raise TimeoutError(
-                            f"latency sample {i} never ran; see {logdir}/latency.log"
+                            f"latency sample {i} never ran; see {logdir}/latency-0.log"
                         )
                     await asyncio.sleep(0.001)
                 await asyncio.sleep(0.02)  # let the worker go idle (blocked on its marker) again
@@ -135,7 +136,6 @@ def taskorch_idle_latency(url: str, samples: int, logdir: Path) -> dict[str, Any
     try:
         lat = sorted(asyncio.run(go()))
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop_all(procs)
     q = statistics.quantiles(lat, n=100)
     return {"samples": len(lat), "p50_ms": round(q[49] * 1000, 2), "p99_ms": round(q[98] * 1000, 2)}

@@ -104,12 +104,17 @@ def test_standby_takes_over_on_kill_and_on_clean_stop(
     # The standby acted on nothing: the first Task's status came from op-a only.
     assert "taking the Lease over" not in b.logs()
 
+    def seconds_until_a_status(name: str, what: str) -> float:
+        """Apply a Task now; how long until some replica wrote its status."""
+        since = time.monotonic()
+        cluster.kubectl("apply", "-f", "-", input=task(name), namespace=namespace)
+        wait_for(lambda: status_written(name), timeout=LEASE_SECONDS * 4, what=what)
+        elapsed = time.monotonic() - since
+        succeeded(name)
+        return elapsed
+
     a.kill()  # kill -9: no release, so op-b waits out the lease
-    killed = time.monotonic()
-    cluster.kubectl("apply", "-f", "-", input=task("after-kill"), namespace=namespace)
-    wait_for(lambda: status_written("after-kill"), timeout=LEASE_SECONDS * 4, what="op-b acting")
-    after_kill = time.monotonic() - killed
-    succeeded("after-kill")
+    after_kill = seconds_until_a_status("after-kill", "op-b acting")
     assert holder().startswith("op-b_") and is_leader(b_port)
     lease = cluster.get_json(f"lease/{LEASE}", namespace=namespace)
     assert lease["spec"]["leaseTransitions"] == 1
@@ -117,11 +122,7 @@ def test_standby_takes_over_on_kill_and_on_clean_stop(
     _, c_port = replicas("op-c")
     b.stop()  # SIGTERM: kopf stops, the loops end, the Lease is released
     assert b.process is not None and b.process.returncode == 0, b.logs()
-    stopped = time.monotonic()
-    cluster.kubectl("apply", "-f", "-", input=task("after-stop"), namespace=namespace)
-    wait_for(lambda: status_written("after-stop"), timeout=LEASE_SECONDS * 4, what="op-c acting")
-    after_stop = time.monotonic() - stopped
-    succeeded("after-stop")
+    after_stop = seconds_until_a_status("after-stop", "op-c acting")
     assert holder().startswith("op-c_") and is_leader(c_port)
     assert "released the Lease" in b.logs()
 

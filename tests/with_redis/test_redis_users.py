@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis.exceptions
@@ -17,7 +17,7 @@ from taskorch.controller.kube import Kube
 from taskorch.controller.redis_users import SECRET, RedisUsers, username
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.connection import RedisClient, connect
+from taskorch.queue.connection import RedisClient, connect, on_every_node
 from taskorch.queue.model import State, TaskRequest
 from taskorch.settings import Settings
 from taskorch.worker.presence import Presence
@@ -56,14 +56,8 @@ async def admin(url: str) -> AsyncIterator[RedisClient]:
     client = connect(url, Settings())
     yield client
     for ns in (A, B):
-        await _on_all(client, "ACL", "DELUSER", username(ns))
+        await on_every_node(client, "ACL", "DELUSER", username(ns))
     await client.aclose()
-
-
-async def _on_all(client: RedisClient, *command: str) -> Any:
-    from taskorch.queue.connection import on_every_node
-
-    await on_every_node(client, *command)
 
 
 async def as_user(url: str, secrets: FakeSecrets, namespace: str) -> Broker:
