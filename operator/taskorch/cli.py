@@ -187,6 +187,47 @@ def operator(
         raise SystemExit(f"taskorch operator stopped: {e}") from e
 
 
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--read-only",
+    is_flag=True,
+    envvar="TASKORCH_SERVER_READ_ONLY",
+    help="Refuse every change (submit, cancel, requeue, pause), whatever RBAC allows.",
+)
+@click.option(
+    "--anonymous-read",
+    is_flag=True,
+    envvar="TASKORCH_SERVER_ANONYMOUS_READ",
+    help="Let requests without a token read, as the server's own ServiceAccount (off: 401).",
+)
+@redis_option
+def server(
+    host: str, port: int, read_only: bool, anonymous_read: bool, redis_url: str | None
+) -> None:
+    """Serve the HTTP API (/api/v1, OpenAPI at /docs): callers send their Kubernetes token."""
+    try:
+        import uvicorn
+
+        from taskorch.server.app import create_app
+    except ImportError as e:
+        raise SystemExit(
+            f"taskorch server needs its extra: pip install 'taskorch[server]' ({e})"
+        ) from e
+    from taskorch.server.auth import Gate
+    from taskorch.server.kube import KubeReviewer
+
+    _logging()
+    settings = _settings(redis_url=redis_url)
+    kube = KubeReviewer()
+    gate = Gate(kube, read_only=read_only, anonymous_read=anonymous_read)
+    click.echo(f"taskorch server: http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/")
+    uvicorn.run(
+        create_app(settings, gate, kube), host=host, port=port, log_level="warning", lifespan="on"
+    )
+
+
 def _fast_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's event loop where it is installed (a dependency on Linux and macOS): ~10 % less
     of the worker's own CPU per task in the drain benchmark; else asyncio's."""

@@ -37,7 +37,8 @@ Priority = Annotated[
 TaskType = Annotated[
     str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
 ]
-QueueName = Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")]
+QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+QueueName = Annotated[str, Field(max_length=63, pattern=QUEUE_PATTERN)]
 ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=256)]
 MaxConcurrent = Annotated[
     int,

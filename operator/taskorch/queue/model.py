@@ -160,6 +160,7 @@ class TaskInfo:
     cr_name: str = ""
     generation: int | None = None
     workflow: str = ""  # "name/uid" of the Workflow this task is a step of
+    redact: tuple[str, ...] = ()  # payload fields resolved from Secrets: never shown
 
     @classmethod
     def from_hash(cls, namespace: str, queue: str, task_id: str, h: dict[str, str]) -> TaskInfo:
@@ -192,4 +193,5 @@ class TaskInfo:
             cr_name=h.get("cr", ""),
             generation=num("gen"),
             workflow=h.get("wf", ""),
+            redact=tuple(js("redact") or ()),
         )

@@ -1,0 +1,1 @@
+"""`taskorch server`: the HTTP API and the dashboard (install the `server` extra)."""

@@ -1,0 +1,317 @@
+"""The JSON HTTP API, `/api/v1`: submit (one or a batch), get, wait, cancel, requeue, queue
+stats, pause/resume and the dead-letter queue. Every route names the RBAC action it needs on a
+taskorch resource in the path's namespace (`create tasks` to submit, `update tasks` to cancel or
+requeue...), checked with the caller's own token before anything is read or written."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
+
+from taskorch.api.task import QUEUE_PATTERN
+from taskorch.queue.broker import Broker
+from taskorch.queue.inspect import Inspector
+from taskorch.queue.model import TERMINAL, TaskInfo, TaskRequest
+from taskorch.server.auth import Action, Caller, Gate
+from taskorch.server.kube import KubeReviewer
+from taskorch.server.submit import (
+    PayloadTooLarge,
+    SubmitBatch,
+    SubmitTask,
+    Submitted,
+    SubmittedBatch,
+    to_request,
+)
+from taskorch.server.views import QueueView, TaskView
+
+NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Namespace = Annotated[str, Path(pattern=NAMESPACE, max_length=63)]
+Queue = Annotated[str, Path(pattern=QUEUE_PATTERN, max_length=63)]
+QueueParam = Annotated[
+    str,
+    Query(
+        pattern=QUEUE_PATTERN,
+        max_length=63,
+        description="The task's queue.",
+    ),
+]
+TaskId = Annotated[str, Path(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:-]+$")]
+MAX_WAIT_SECONDS = 60.0
+MAX_PAGE = 500
+
+
+def broker(request: Request) -> Broker:
+    b: Broker = request.app.state.broker
+    return b
+
+
+def gate(request: Request) -> Gate:
+    g: Gate = request.app.state.gate
+    return g
+
+
+async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    return await gate(request).caller(authorization)
+
+
+def allowed(verb: str, resource: str) -> Callable[..., Awaitable[Caller]]:
+    """A dependency: the caller, once RBAC lets them `verb resource` in the path's namespace."""
+
+    async def check(
+        request: Request, namespace: Namespace, who: Annotated[Caller, Depends(caller)]
+    ) -> Caller:
+        await gate(request).check(who, Action(verb, resource, namespace))
+        return who
+
+    return check
+
+
+router = APIRouter(prefix="/api/v1")
+BrokerDep = Annotated[Broker, Depends(broker)]
+
+
+def _task_url(namespace: str, queue: str, task_id: str) -> str:
+    return f"/api/v1/namespaces/{namespace}/tasks/{task_id}?queue={queue}"
+
+
+async def _enqueue(
+    b: Broker, namespace: str, tasks: list[SubmitTask], keys: list[str | None], where: str
+) -> list[Submitted]:
+    """Enqueue in one round trip per queue, keeping the caller's order."""
+    by_queue: dict[str, list[tuple[int, TaskRequest]]] = defaultdict(list)
+    for i, (task, key) in enumerate(zip(tasks, keys, strict=True)):
+        try:
+            by_queue[task.queue].append((i, to_request(task, key)))
+        except PayloadTooLarge as e:
+            loc = ["body", *([where, i] if where else []), "payload"]
+            raise HTTPException(422, [{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
+    out: list[Submitted | None] = [None] * len(tasks)
+    for queue, items in by_queue.items():
+        ids = await b.enqueue_many(namespace, queue, [r for _, r in items])
+        for (i, _), task_id in zip(items, ids, strict=True):
+            out[i] = Submitted(
+                id=task_id,
+                namespace=namespace,
+                queue=queue,
+                url=_task_url(namespace, queue, task_id),
+            )
+    return [s for s in out if s is not None]
+
+
+@router.post(
+    "/namespaces/{namespace}/tasks",
+    status_code=201,
+    summary="Submit a task (RBAC: create tasks)",
+    dependencies=[Depends(allowed("create", "tasks"))],
+)
+async def submit(
+    namespace: Namespace,
+    task: Annotated[SubmitTask, Body()],
+    b: BrokerDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=256,
+            description="Tasks of one queue with the same key run once while it is held (24 h); "
+            "a repeat returns the first task's id. Same as the body's idempotencyKey.",
+        ),
+    ] = None,
+) -> Submitted:
+    return (await _enqueue(b, namespace, [task], [idempotency_key], ""))[0]
+
+
+@router.post(
+    "/namespaces/{namespace}/tasks/batch",
+    status_code=201,
+    summary="Submit up to 1000 tasks in one request (RBAC: create tasks)",
+    dependencies=[Depends(allowed("create", "tasks"))],
+)
+async def submit_batch(namespace: Namespace, batch: SubmitBatch, b: BrokerDep) -> SubmittedBatch:
+    keys: list[str | None] = [None] * len(batch.tasks)
+    return SubmittedBatch(tasks=await _enqueue(b, namespace, batch.tasks, keys, "tasks"))
+
+
+async def _get(b: Broker, namespace: str, queue: str, task_id: str) -> TaskInfo:
+    info = await b.get(namespace, queue, task_id)
+    if info is None:
+        raise HTTPException(404, f"no task {task_id} in queue {namespace}/{queue}")
+    return info
+
+
+@router.get(
+    "/namespaces/{namespace}/tasks/{task_id}",
+    summary="A task: state, result, error, attempts (RBAC: get tasks)",
+    dependencies=[Depends(allowed("get", "tasks"))],
+)
+async def get_task(
+    namespace: Namespace, task_id: TaskId, b: BrokerDep, queue: QueueParam = "default"
+) -> TaskView:
+    return TaskView.of(await _get(b, namespace, queue, task_id))
+
+
+@router.get(
+    "/namespaces/{namespace}/tasks/{task_id}/wait",
+    summary="Long-poll until the task finishes or `timeout` passes (RBAC: get tasks)",
+    dependencies=[Depends(allowed("get", "tasks"))],
+)
+async def wait_task(
+    namespace: Namespace,
+    task_id: TaskId,
+    b: BrokerDep,
+    queue: QueueParam = "default",
+    timeout: Annotated[float, Query(gt=0, le=MAX_WAIT_SECONDS)] = 30.0,
+) -> TaskView:
+    """Returns the task as soon as it is finished (`finished: true`), or as it is after
+    `timeout` seconds (`finished: false`: ask again)."""
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    while True:
+        info = await _get(b, namespace, queue, task_id)
+        if info.state in TERMINAL or time.monotonic() >= deadline:
+            return TaskView.of(info)
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 1.5, 0.5)
+
+
+@router.post(
+    "/namespaces/{namespace}/tasks/{task_id}/cancel",
+    summary="Cancel a task: queued ones never run, a running one stops at its next heartbeat "
+    "(RBAC: update tasks)",
+    dependencies=[Depends(allowed("update", "tasks"))],
+)
+async def cancel_task(
+    namespace: Namespace, task_id: TaskId, b: BrokerDep, queue: QueueParam = "default"
+) -> TaskView:
+    if await b.cancel(namespace, queue, task_id) is None:
+        raise HTTPException(404, f"no task {task_id} in queue {namespace}/{queue}")
+    return TaskView.of(await _get(b, namespace, queue, task_id))
+
+
+@router.post(
+    "/namespaces/{namespace}/tasks/{task_id}/requeue",
+    summary="Run a dead-lettered task again (RBAC: update tasks)",
+    dependencies=[Depends(allowed("update", "tasks"))],
+)
+async def requeue_task(
+    namespace: Namespace, task_id: TaskId, b: BrokerDep, queue: QueueParam = "default"
+) -> TaskView:
+    info = await _get(b, namespace, queue, task_id)
+    if not await b.requeue_dead(namespace, queue, [task_id]):
+        raise HTTPException(409, f"task {task_id} is {info.state}, not dead: nothing to requeue")
+    return TaskView.of(await _get(b, namespace, queue, task_id))
+
+
+@router.get(
+    "/namespaces/{namespace}/queues",
+    summary="Every queue of the namespace with its depth (RBAC: list taskqueues)",
+    dependencies=[Depends(allowed("list", "taskqueues"))],
+)
+async def list_queues(namespace: Namespace, b: BrokerDep) -> list[QueueView]:
+    inspector = Inspector(b)
+    names = [q for ns, q in await inspector.queues() if ns == namespace]
+    return [QueueView.of(await inspector.stats(namespace, q)) for q in names]
+
+
+@router.get(
+    "/namespaces/{namespace}/queues/{queue}",
+    summary="A queue's depth: ready, active, delayed, dead, paused (RBAC: get taskqueues)",
+    dependencies=[Depends(allowed("get", "taskqueues"))],
+)
+async def get_queue(namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueView:
+    return QueueView.of(await Inspector(b).stats(namespace, queue))
+
+
+async def _set_paused(
+    request: Request, b: Broker, namespace: str, queue: str, paused: bool
+) -> QueueView:
+    kube: KubeReviewer | None = request.app.state.kube
+    if kube is not None and await kube.get("taskqueues", namespace, queue) is not None:
+        flag = str(paused).lower()
+        raise HTTPException(
+            409,
+            f"TaskQueue {namespace}/{queue} declares this queue, and its spec.paused is the one "
+            f"source of truth: kubectl -n {namespace} patch taskqueue {queue} --type merge "
+            f'-p \'{{"spec":{{"paused":{flag}}}}}\'',
+        )
+    await (b.pause(namespace, queue) if paused else b.resume(namespace, queue))
+    return QueueView.of(await Inspector(b).stats(namespace, queue))
+
+
+@router.post(
+    "/namespaces/{namespace}/queues/{queue}/pause",
+    summary="Stop workers claiming from the queue; running tasks finish (RBAC: update "
+    "taskqueues). 409 when a TaskQueue declares the queue: patch its spec.paused instead.",
+    dependencies=[Depends(allowed("update", "taskqueues"))],
+)
+async def pause(request: Request, namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueView:
+    return await _set_paused(request, b, namespace, queue, True)
+
+
+@router.post(
+    "/namespaces/{namespace}/queues/{queue}/resume",
+    summary="Let workers claim from the queue again (RBAC: update taskqueues)",
+    dependencies=[Depends(allowed("update", "taskqueues"))],
+)
+async def resume(request: Request, namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueView:
+    return await _set_paused(request, b, namespace, queue, False)
+
+
+@router.get(
+    "/namespaces/{namespace}/queues/{queue}/dead",
+    summary="A page of the dead-letter queue, oldest first (RBAC: list tasks)",
+    dependencies=[Depends(allowed("list", "tasks"))],
+)
+async def list_dead(
+    namespace: Namespace,
+    queue: Queue,
+    b: BrokerDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> list[TaskView]:
+    tasks = await Inspector(b).dead_tasks(namespace, queue, offset, limit)
+    return [TaskView.of(t) for t in tasks]
+
+
+@router.post(
+    "/namespaces/{namespace}/queues/{queue}/dead/requeue",
+    summary="Requeue dead tasks: the listed ids, or with all=true every one, optionally only "
+    "of one type (RBAC: update tasks)",
+    dependencies=[Depends(allowed("update", "tasks"))],
+)
+async def requeue_dead(
+    namespace: Namespace,
+    queue: Queue,
+    b: BrokerDep,
+    ids: Annotated[list[str] | None, Body(max_length=MAX_PAGE, embed=True)] = None,
+    all: Annotated[bool, Body(embed=True)] = False,
+    type: Annotated[str | None, Body(embed=True)] = None,
+) -> dict[str, Any]:
+    if bool(ids) == all:
+        raise HTTPException(
+            422, [{"loc": ["body", "ids"], "msg": "give ids, or all=true", "type": "value_error"}]
+        )
+    if ids:
+        revived = await b.requeue_dead(namespace, queue, ids)
+        return {"requeued": revived}
+    inspector = Inspector(b)
+    revived, offset = [], 0
+    while page := await inspector.dead_tasks(namespace, queue, offset, MAX_PAGE):
+        wanted = [t.id for t in page if type is None or t.type == type]
+        done = await b.requeue_dead(namespace, queue, wanted)
+        revived += done
+        offset += len(page) - len(done)  # requeued tasks left the DLQ; skipped ones stay
+    return {"requeued": revived}
+
+
+@router.delete(
+    "/namespaces/{namespace}/queues/{queue}/dead",
+    summary="Delete every dead task of the queue (RBAC: delete tasks)",
+    dependencies=[Depends(allowed("delete", "tasks"))],
+)
+async def purge_dead(namespace: Namespace, queue: Queue, b: BrokerDep) -> dict[str, int]:
+    return {"purged": await b.purge_dead(namespace, queue)}

@@ -1,0 +1,66 @@
+"""`taskorch server`: the HTTP API (and the dashboard) as one ASGI app. It reads Redis and the API
+server, acts only through the queue's own scripts, and never writes a CR's status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
+from taskorch import __version__
+from taskorch.queue.broker import Broker
+from taskorch.server import api
+from taskorch.server.auth import Forbidden, Gate, Unauthenticated
+from taskorch.server.kube import KubeReviewer
+from taskorch.settings import Settings
+
+log = logging.getLogger("taskorch.server")
+
+
+def create_app(
+    settings: Settings,
+    gate: Gate,
+    kube: KubeReviewer | None,
+    broker: Broker | None = None,
+) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.broker = broker or Broker.from_url(settings.redis_url, settings)
+        try:
+            yield
+        finally:
+            await app.state.broker.close()
+
+    app = FastAPI(
+        title="taskorch",
+        version=__version__,
+        summary="Submit, inspect and steer taskorch tasks and queues; every call is authorized "
+        "by the caller's Kubernetes RBAC.",
+        lifespan=lifespan,
+    )
+    app.state.gate = gate
+    app.state.kube = kube
+    app.include_router(api.router)
+
+    @app.exception_handler(Unauthenticated)
+    async def unauthenticated(_: Request, e: Unauthenticated) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 401, {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(_: Request, e: Forbidden) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 403)
+
+    @app.exception_handler(RedisError)
+    async def redis_down(_: Request, e: RedisError) -> JSONResponse:
+        log.warning("redis: %s", e)
+        return JSONResponse({"detail": f"Redis is unavailable: {e}"}, 503, {"Retry-After": "1"})
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
