@@ -123,8 +123,36 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     docs = render(cluster, "-f", ALL_ON)
     kinds = {d["kind"] for d in docs}
     assert {"ServiceMonitor", "PrometheusRule", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
-    assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "StatefulSet") == []
-    roles = [r for r in by_kind(docs, "Role") if not r["metadata"]["name"].endswith("-leader")]
+    assert by_kind(docs, "StatefulSet") == []
+    # Namespaced install: the only cluster-wide grant is the server's two reviews, which are
+    # cluster-scoped resources; it reads taskorch objects through Roles, and writes nothing.
+    [reviews] = by_kind(docs, "ClusterRole")
+    assert reviews["rules"] == [
+        {
+            "apiGroups": ["authentication.k8s.io"],
+            "resources": ["tokenreviews"],
+            "verbs": ["create"],
+        },
+        {
+            "apiGroups": ["authorization.k8s.io"],
+            "resources": ["subjectaccessreviews"],
+            "verbs": ["create"],
+        },
+    ]
+    server_roles = [
+        r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-server-read")
+    ]
+    assert sorted(r["metadata"]["namespace"] for r in server_roles) == ["team-a", "team-b"]
+    assert {v for r in server_roles for rule in r["rules"] for v in rule["verbs"]} == {
+        "get",
+        "list",
+        "watch",
+    }
+    server_args = deployment(docs, "server")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert server_args == ["server", "--port=8080", "--read-only", "--anonymous-read"]
+    [ingress] = by_kind(docs, "Ingress")
+    assert ingress["spec"]["rules"][0]["host"] == "taskorch.example.internal"
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-operator")]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     op = deployment(docs, "operator")
     assert op["spec"]["replicas"] == 2
@@ -176,6 +204,13 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     } in roles[0]["rules"]
     bundled = render(cluster, "--set", "networkPolicy.enabled=true")
     assert len(by_kind(bundled, "NetworkPolicy")) == 2  # Redis is fenced off too
+    with_server = render(
+        cluster, "--set", "networkPolicy.enabled=true", "--set", "server.enabled=true"
+    )
+    policies = {p["metadata"]["name"]: p["spec"] for p in by_kind(with_server, "NetworkPolicy")}
+    assert policies["taskorch-server"]["ingress"] == [{"ports": [{"port": 8080}]}]
+    redis_from = policies["taskorch-redis"]["ingress"][0]["from"][0]["podSelector"]
+    assert "server" in redis_from["matchExpressions"][1]["values"]
 
 
 @pytest.mark.parametrize(

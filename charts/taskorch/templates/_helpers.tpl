@@ -126,3 +126,11 @@ main credentials. */ -}}
   readOnly: true
 {{- end }}
 {{- end -}}
+
+{{- define "taskorch.serverServiceAccount" -}}
+{{- if .Values.serviceAccount.server.create -}}
+{{- default (printf "%s-server" (include "taskorch.fullname" .)) .Values.serviceAccount.server.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.server.name -}}
+{{- end -}}
+{{- end -}}
