@@ -40,7 +40,7 @@ COMMAND_GROUPS = (
     "decr del exists expire pexpire persist get set incr time",
     "hdel hexists hget hgetall hincrby hmget hset hsetnx",
     "lindex llen lpop lmpop lpush rpush blpop sadd xadd",
-    "zadd zcard zcount zrange zrem zremrangebyscore",
+    "zadd zcard zcount zrange zrem zremrangebyrank zremrangebyscore",
 )
 COMMANDS = " ".join(COMMAND_GROUPS).split()
 

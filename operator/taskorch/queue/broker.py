@@ -189,6 +189,11 @@ class Broker:
     async def purge_dead(self, namespace: str, queue: str) -> int:
         return int(await self.scripts.purge(keys=[keys.prefix(namespace, queue)], args=[]))
 
+    async def delete_finished(self, namespace: str, queue: str, task_id: str) -> bool:
+        """Delete a task that has ended, with its data; False when it has not (or is gone)."""
+        deleted = await self.scripts.delete(keys=[keys.prefix(namespace, queue)], args=[task_id])
+        return bool(deleted)
+
     async def get(self, namespace: str, queue: str, task_id: str) -> TaskInfo | None:
         return (await self.get_many([TaskRef(namespace, queue, task_id)]))[0]
 

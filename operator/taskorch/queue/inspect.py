@@ -13,6 +13,9 @@ from taskorch.queue.model import TaskInfo, TaskRef, now_ms, text
 
 PRIORITIES = range(9, -1, -1)
 FINISHED_STATES = ("succeeded", "dead", "cancelled")  # the stats counters finish() increments
+# Where tasks can be listed page by page: ready lists, the active, delayed and dead sets, and the
+# capped index of recently finished (succeeded or cancelled) ones.
+LISTABLE = ("queued", "active", "delayed", "dead", "done")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +98,54 @@ class Inspector:
         ids = await self.dead_ids(namespace, queue, offset, limit)
         infos = await self.broker.get_many([TaskRef(namespace, queue, i) for i in ids])
         return [i for i in infos if i is not None]
+
+    async def task_ids(
+        self, namespace: str, queue: str, where: str, offset: int = 0, limit: int = 50
+    ) -> tuple[list[str], int]:
+        """A page of the ids in one of LISTABLE, and how many there are in all. Ready tasks come
+        in claim order (highest priority first), the others newest first but `active` (by
+        lease deadline) and `delayed` (soonest due first)."""
+        if where == "queued":
+            return await self._ready_ids(namespace, queue, offset, limit)
+        key, newest_first = {
+            "active": (keys.active(namespace, queue), False),
+            "delayed": (keys.delayed(namespace, queue), False),
+            "dead": (keys.dead(namespace, queue), True),
+            "done": (keys.done(namespace, queue), True),
+        }[where]
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zcard(key)
+            p.zrange(key, offset, offset + limit - 1, desc=newest_first)
+            total, ids = await p.execute()
+        return [text(i) for i in ids], int(total)
+
+    async def _ready_ids(
+        self, namespace: str, queue: str, offset: int, limit: int
+    ) -> tuple[list[str], int]:
+        async with self.redis.pipeline(transaction=False) as p:
+            for prio in PRIORITIES:
+                p.llen(keys.ready(namespace, queue, prio))
+            lengths = await p.execute()
+        total, ids = sum(lengths), list[str]()
+        skip = offset
+        for prio, length in zip(PRIORITIES, lengths, strict=True):
+            if len(ids) >= limit:
+                break
+            if skip >= length:
+                skip -= length
+                continue
+            want = limit - len(ids)
+            page = await self.redis.lrange(
+                keys.ready(namespace, queue, prio), skip, skip + want - 1
+            )
+            ids += [text(i) for i in page]
+            skip = 0
+        return ids, total
+
+    async def tasks(
+        self, namespace: str, queue: str, where: str, offset: int = 0, limit: int = 50
+    ) -> tuple[list[TaskInfo], int]:
+        """A page of tasks in one of LISTABLE (ids whose data expired are left out)."""
+        ids, total = await self.task_ids(namespace, queue, where, offset, limit)
+        infos = await self.broker.get_many([TaskRef(namespace, queue, i) for i in ids])
+        return [i for i in infos if i is not None], total

@@ -17,6 +17,7 @@ FIXED = (
     "delayed",  # sorted set: id by due time (runAt, retry backoff, hand-back)
     "active",  # sorted set: id by lease deadline
     "dead",  # sorted set: id by dead-letter time (the DLQ)
+    "done",  # sorted set: the latest succeeded or cancelled ids by finish time (capped)
     "marker",  # list: wake-ups for blocked workers
     "events",  # stream: state changes of CR-backed tasks, for the operator's status writer
     "stats",  # hash: counters
@@ -81,6 +82,10 @@ def active(namespace: str, queue: str) -> str:
 
 def dead(namespace: str, queue: str) -> str:
     return f"{prefix(namespace, queue)}dead"
+
+
+def done(namespace: str, queue: str) -> str:
+    return f"{prefix(namespace, queue)}done"
 
 
 def marker(namespace: str, queue: str) -> str:

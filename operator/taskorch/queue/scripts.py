@@ -15,6 +15,7 @@ NAMES = (
     "cancel",
     "requeue",
     "purge",
+    "delete",
     "configure",
     "set_paused",
 )
@@ -36,5 +37,6 @@ class Scripts:
         self.cancel: AsyncScript = client.register_script(source("cancel"))
         self.requeue: AsyncScript = client.register_script(source("requeue"))
         self.purge: AsyncScript = client.register_script(source("purge"))
+        self.delete: AsyncScript = client.register_script(source("delete"))
         self.configure: AsyncScript = client.register_script(source("configure"))
         self.set_paused: AsyncScript = client.register_script(source("set_paused"))

@@ -30,6 +30,8 @@ class WorkerPresence:
     quiesced: bool
     stop: str  # the scaler's mark, or ""
     idle_ack: str  # the mark the worker acknowledged, idle, or ""
+    finished: int = 0  # attempts it ran to an end since it started
+    heartbeat_ms: int = 0  # when it last wrote its presence
 
     @property
     def drained(self) -> bool:
@@ -61,6 +63,8 @@ async def read_workers(redis: RedisClient, namespace: str) -> list[WorkerPresenc
                 quiesced=f.get("quiesced") == "1",
                 stop=f.get("stop", ""),
                 idle_ack=f.get("idle_ack", ""),
+                finished=int(f.get("finished") or 0),
+                heartbeat_ms=int(f.get("ms") or 0),
             )
         )
     return out

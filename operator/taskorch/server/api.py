@@ -17,8 +17,8 @@ from taskorch.api.task import QUEUE_PATTERN
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import TERMINAL, TaskInfo, TaskRequest
-from taskorch.server.auth import Action, Caller, Gate
-from taskorch.server.kube import KubeReviewer
+from taskorch.server.actions import Actor
+from taskorch.server.auth import Action, Caller, Gate, token_of
 from taskorch.server.submit import (
     PayloadTooLarge,
     SubmitBatch,
@@ -55,8 +55,21 @@ def gate(request: Request) -> Gate:
     return g
 
 
+def actor(request: Request) -> Actor:
+    a: Actor = request.app.state.actor
+    return a
+
+
+def bearer(request: Request) -> str | None:
+    """The caller's token, to act on Kubernetes objects as them."""
+    return token_of(request.headers.get("authorization"))
+
+
 async def caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
     return await gate(request).caller(authorization)
+
+
+CallerDep = Annotated[Caller, Depends(caller)]
 
 
 def allowed(verb: str, resource: str) -> Callable[..., Awaitable[Caller]]:
@@ -180,30 +193,50 @@ async def wait_task(
 
 @router.post(
     "/namespaces/{namespace}/tasks/{task_id}/cancel",
-    summary="Cancel a task: queued ones never run, a running one stops at its next heartbeat "
-    "(RBAC: update tasks)",
-    dependencies=[Depends(allowed("update", "tasks"))],
+    summary="Cancel a task: queued ones never run, a running one stops at its next heartbeat; "
+    "for a Task object, sets its spec.cancel with your token (RBAC: update tasks)",
 )
 async def cancel_task(
-    namespace: Namespace, task_id: TaskId, b: BrokerDep, queue: QueueParam = "default"
+    request: Request,
+    namespace: Namespace,
+    task_id: TaskId,
+    who: CallerDep,
+    b: BrokerDep,
+    queue: QueueParam = "default",
 ) -> TaskView:
-    if await b.cancel(namespace, queue, task_id) is None:
-        raise HTTPException(404, f"no task {task_id} in queue {namespace}/{queue}")
+    await actor(request).cancel(who, bearer(request), namespace, queue, task_id)
     return TaskView.of(await _get(b, namespace, queue, task_id))
 
 
 @router.post(
     "/namespaces/{namespace}/tasks/{task_id}/requeue",
     summary="Run a dead-lettered task again (RBAC: update tasks)",
-    dependencies=[Depends(allowed("update", "tasks"))],
 )
 async def requeue_task(
-    namespace: Namespace, task_id: TaskId, b: BrokerDep, queue: QueueParam = "default"
+    request: Request,
+    namespace: Namespace,
+    task_id: TaskId,
+    who: CallerDep,
+    b: BrokerDep,
+    queue: QueueParam = "default",
 ) -> TaskView:
-    info = await _get(b, namespace, queue, task_id)
-    if not await b.requeue_dead(namespace, queue, [task_id]):
-        raise HTTPException(409, f"task {task_id} is {info.state}, not dead: nothing to requeue")
+    await actor(request).requeue(who, namespace, queue, task_id)
     return TaskView.of(await _get(b, namespace, queue, task_id))
+
+
+@router.delete(
+    "/namespaces/{namespace}/tasks/{task_id}",
+    status_code=204,
+    summary="Delete a task that has ended, with its data (RBAC: delete tasks)",
+)
+async def delete_task(
+    request: Request,
+    namespace: Namespace,
+    task_id: TaskId,
+    who: CallerDep,
+    queue: QueueParam = "default",
+) -> None:
+    await actor(request).delete(who, namespace, queue, task_id)
 
 
 @router.get(
@@ -226,39 +259,27 @@ async def get_queue(namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueVi
     return QueueView.of(await Inspector(b).stats(namespace, queue))
 
 
-async def _set_paused(
-    request: Request, b: Broker, namespace: str, queue: str, paused: bool
-) -> QueueView:
-    kube: KubeReviewer | None = request.app.state.kube
-    if kube is not None and await kube.get("taskqueues", namespace, queue) is not None:
-        flag = str(paused).lower()
-        raise HTTPException(
-            409,
-            f"TaskQueue {namespace}/{queue} declares this queue, and its spec.paused is the one "
-            f"source of truth: kubectl -n {namespace} patch taskqueue {queue} --type merge "
-            f'-p \'{{"spec":{{"paused":{flag}}}}}\'',
-        )
-    await (b.pause(namespace, queue) if paused else b.resume(namespace, queue))
-    return QueueView.of(await Inspector(b).stats(namespace, queue))
-
-
 @router.post(
     "/namespaces/{namespace}/queues/{queue}/pause",
-    summary="Stop workers claiming from the queue; running tasks finish (RBAC: update "
-    "taskqueues). 409 when a TaskQueue declares the queue: patch its spec.paused instead.",
-    dependencies=[Depends(allowed("update", "taskqueues"))],
+    summary="Stop workers claiming from the queue; running tasks finish. Where a TaskQueue "
+    "declares the queue, its spec.paused is patched with your token (RBAC: update taskqueues)",
 )
-async def pause(request: Request, namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueView:
-    return await _set_paused(request, b, namespace, queue, True)
+async def pause(
+    request: Request, namespace: Namespace, queue: Queue, who: CallerDep, b: BrokerDep
+) -> QueueView:
+    await actor(request).set_paused(who, bearer(request), namespace, queue, True)
+    return QueueView.of(await Inspector(b).stats(namespace, queue))
 
 
 @router.post(
     "/namespaces/{namespace}/queues/{queue}/resume",
     summary="Let workers claim from the queue again (RBAC: update taskqueues)",
-    dependencies=[Depends(allowed("update", "taskqueues"))],
 )
-async def resume(request: Request, namespace: Namespace, queue: Queue, b: BrokerDep) -> QueueView:
-    return await _set_paused(request, b, namespace, queue, False)
+async def resume(
+    request: Request, namespace: Namespace, queue: Queue, who: CallerDep, b: BrokerDep
+) -> QueueView:
+    await actor(request).set_paused(who, bearer(request), namespace, queue, False)
+    return QueueView.of(await Inspector(b).stats(namespace, queue))
 
 
 @router.get(

@@ -14,8 +14,9 @@ from redis.exceptions import RedisError
 from taskorch import __version__
 from taskorch.queue.broker import Broker
 from taskorch.server import api
+from taskorch.server.actions import Actor, Conflict, Missing
 from taskorch.server.auth import Forbidden, Gate, Unauthenticated
-from taskorch.server.kube import KubeReviewer
+from taskorch.server.kube import KubeReviewer, NotFound
 from taskorch.settings import Settings
 
 log = logging.getLogger("taskorch.server")
@@ -30,6 +31,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.broker = broker or Broker.from_url(settings.redis_url, settings)
+        app.state.actor = Actor(gate, app.state.broker, kube)
         try:
             yield
         finally:
@@ -53,6 +55,15 @@ def create_app(
     @app.exception_handler(Forbidden)
     async def forbidden(_: Request, e: Forbidden) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, 403)
+
+    @app.exception_handler(Missing)
+    @app.exception_handler(NotFound)
+    async def missing(_: Request, e: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, e: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 409)
 
     @app.exception_handler(RedisError)
     async def redis_down(_: Request, e: RedisError) -> JSONResponse:

@@ -131,6 +131,14 @@ class Gate:
         return True
 
 
+def token_of(authorization: str | None) -> str | None:
+    """The token of a well-formed `Bearer` header, else None."""
+    try:
+        return _bearer(authorization)
+    except Unauthenticated:
+        return None
+
+
 def _bearer(authorization: str | None) -> str | None:
     if not authorization:
         return None

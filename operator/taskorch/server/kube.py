@@ -1,11 +1,15 @@
-"""The server's Kubernetes calls, under its own ServiceAccount: the two reviews that authenticate
-and authorize callers, and reads of taskorch objects. The sync client runs in a small thread
-pool so the event loop never blocks. The chart grants exactly these: tokenreviews and
-subjectaccessreviews create, and get/list/watch on taskorch's kinds."""
+"""The server's Kubernetes calls. Under its own ServiceAccount: the two reviews that authenticate
+and authorize callers, and reads of taskorch objects (the chart grants exactly these:
+tokenreviews and subjectaccessreviews create, get/list/watch on taskorch's kinds). Changes to
+Kubernetes objects (a TaskQueue's pause, a Workflow's retry, a Schedule's trigger) are made with
+the caller's own token, as Kubernetes Dashboard does, so the API server itself applies their
+RBAC and the server needs no write access, nor impersonation. The sync client runs in a small
+thread pool so the event loop never blocks."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +18,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from taskorch.api.base import GROUP, VERSION
-from taskorch.server.auth import Action, Caller
+from taskorch.server.auth import Action, Caller, Forbidden, Unauthenticated
 
 
 class KubeReviewer:
@@ -22,6 +26,7 @@ class KubeReviewer:
         k8s_config.load_config()
         cfg = k8s.Configuration.get_default_copy()
         cfg.connection_pool_maxsize = threads
+        self.cfg = cfg
         api = k8s.ApiClient(cfg)
         self.authn = k8s.AuthenticationV1Api(api)
         self.authz = k8s.AuthorizationV1Api(api)
@@ -82,6 +87,60 @@ class KubeReviewer:
         )
         items: list[dict[str, Any]] = out.get("items", [])
         return items
+
+    def _as(self, token: str) -> Any:
+        """The custom-objects API authenticated as the caller (their token only: no client
+        certificate or token of the server's rides along)."""
+        cfg = k8s.Configuration.get_default_copy()
+        for attr in ("host", "ssl_ca_cert", "verify_ssl", "proxy", "tls_server_name"):
+            setattr(cfg, attr, getattr(self.cfg, attr, None))
+        cfg.cert_file = cfg.key_file = None
+        cfg.api_key = {"authorization": f"Bearer {token}"}
+        cfg.api_key_prefix = {}
+        cfg.refresh_api_key_hook = None
+        return k8s.CustomObjectsApi(k8s.ApiClient(cfg))
+
+    async def patch_as(
+        self, token: str, plural: str, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A merge patch sent with the caller's token: their RBAC decides."""
+        api = self._as(token)
+        return await self._as_caller(
+            api.patch_namespaced_custom_object, GROUP, VERSION, namespace, plural, name, body
+        )
+
+    async def create_as(
+        self, token: str, plural: str, namespace: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        api = self._as(token)
+        return await self._as_caller(
+            api.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
+        )
+
+    async def _as_caller(self, fn: Any, *args: Any) -> dict[str, Any]:
+        try:
+            out: dict[str, Any] = await self._run(fn, *args)
+        except ApiException as e:
+            message = _message(e)
+            if e.status == 401:
+                raise Unauthenticated(message) from e
+            if e.status == 403:
+                raise Forbidden(message) from e
+            if e.status == 404:
+                raise NotFound(message) from e
+            raise
+        return out
+
+
+class NotFound(Exception):
+    """The object the caller named does not exist."""
+
+
+def _message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(e.reason)
 
 
 def _caller(user: Any) -> Caller:

@@ -58,6 +58,7 @@ class Presence:
                     "running": len(w.running),
                     "quiesced": "1" if w.quiesced else "0",
                     "idle_ack": stop if idle else "",
+                    "finished": w.finished,
                     "ms": now_ms,
                 },
             )

@@ -90,6 +90,7 @@ class Worker:
         self.draining = False
         self.quiesced = False  # the scaler asked this worker to stop claiming (worker/presence.py)
         self.claims_in_flight = 0
+        self.finished = 0  # attempts run to an end, for the dashboard's per-worker throughput
         self._drain_started = 0.0
         self.threads = HandlerThreads(concurrency, on_release=self._capacity_changed)
         self.refused_types: set[str] = set()
@@ -360,6 +361,7 @@ class Worker:
         settlement = None if task.cancelled() else task.result()
         if settlement is not None:
             self.pending[r.queue].append(settlement)
+            self.finished += 1
         self._capacity_changed()
 
     def _report_progress(self, queue: str, task_id: str, value: Any) -> None:

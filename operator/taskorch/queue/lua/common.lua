@@ -7,6 +7,7 @@ local key = {
   delayed = prefix .. 'delayed',
   active = prefix .. 'active',
   dead = prefix .. 'dead',
+  done = prefix .. 'done',
   marker = prefix .. 'marker',
   events = prefix .. 'events',
   stats = prefix .. 'stats',
@@ -21,6 +22,9 @@ function key.ck_waiting(ck) return prefix .. 'ck:' .. ck end
 function key.ck_admitted(ck) return prefix .. 'ckn:' .. ck end
 
 local EVENTS_MAXLEN = 100000
+-- Finished (succeeded or cancelled) ids kept findable by the dashboard, newest first; their data
+-- expires with the result retention whatever this index holds.
+local DONE_MAX = 10000
 local HISTORY = 10
 
 -- Redis's clock, never the caller's: a worker whose clock runs fast must not take live leases.
@@ -172,6 +176,19 @@ local FINISH_FIELDS = {'notify', 'retention', 'ck', 'ckin'}
 -- FINISH_FIELDS, if read already; `extra`: more field/value pairs to set in the same HSET;
 -- `was_active`: the task held a lease, so it is in no delayed set; `batched`: the caller
 -- removes it from `active` and counts it in `stats` itself, with its other tasks.
+-- Index finished ids by finish time (one ZADD for a batch), keeping the newest DONE_MAX.
+local function record_done(ids)
+  for s = 1, #ids, 1000 do
+    local add = {'ZADD', key.done}
+    for i = s, math.min(s + 999, #ids) do
+      add[#add + 1] = now
+      add[#add + 1] = ids[i]
+    end
+    redis.call(unpack(add))
+  end
+  if #ids > 0 then redis.call('ZREMRANGEBYRANK', key.done, 0, -(DONE_MAX + 1)) end
+end
+
 local function finish(id, state, f, extra, was_active, batched)
   local t = key.task(id)
   if not f then f = redis.call('HMGET', t, unpack(FINISH_FIELDS)) end
@@ -186,6 +203,7 @@ local function finish(id, state, f, extra, was_active, batched)
   if not batched then
     redis.call('ZREM', key.active, id)
     redis.call('HINCRBY', key.stats, state, 1)
+    if state ~= 'dead' then record_done({id}) end
   end
   if not was_active then redis.call('ZREM', key.delayed, id) end
   leave(id, f[3], f[4])

@@ -83,7 +83,10 @@ end
 for s = 1, #succeeded, 1000 do
   redis.call('ZREM', key.active, unpack(succeeded, s, math.min(s + 999, #succeeded)))
 end
-if #succeeded > 0 then redis.call('HINCRBY', key.stats, 'succeeded', #succeeded) end
+if #succeeded > 0 then
+  redis.call('HINCRBY', key.stats, 'succeeded', #succeeded)
+  record_done(succeeded)
+end
 
 reap(limits)
 local claimed = {}
