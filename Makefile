@@ -30,11 +30,12 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 .PHONY: system-packages
-system-packages: ## install the Debian packages the tests need (redis-server, shellcheck)
-	@command -v redis-server >/dev/null && command -v shellcheck >/dev/null || { \
+system-packages: ## install the Debian packages the tests need (redis-server, shellcheck, chromium)
+	@command -v redis-server >/dev/null && command -v shellcheck >/dev/null \
+	  && command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	    $$SUDO apt-get install -y -qq redis-server shellcheck >/dev/null; }
+	    $$SUDO apt-get install -y -qq redis-server shellcheck chromium chromium-driver >/dev/null; }
 
 .PHONY: tools
 tools: system-packages venv ## build the pinned control-plane binaries (cached) and the virtualenv

@@ -72,3 +72,9 @@ class Settings(BaseSettings):
         description="How long a silent leader keeps the Lease: a standby takes over this long "
         "after the last renewal. The leader renews every 2/15 of it and gives up after 2/3.",
     )
+    server_history_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Server: how often the dashboard samples each queue's counters for its "
+        "throughput and failure charts (the last 120 samples are kept in memory).",
+    )

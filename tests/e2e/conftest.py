@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,10 +17,11 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from tests.e2e.processes import Proc, start_operator, start_worker
-from tests.support import REPO, TOOLS, env_with_tools
+from tests.e2e.processes import Proc, base_env, start_operator, start_worker
+from tests.support import REPO, TOOLS, env_with_tools, free_port, wait_for
 
 CLUSTER = "taskorch-test"
+CHART = str(REPO / "charts" / "taskorch")
 
 
 @dataclass
@@ -117,3 +120,92 @@ def workers(redis_url: str, namespace: str, tmp_path: Path) -> Iterator[Callable
     yield start
     for proc in started:
         proc.kill()
+
+
+@dataclass
+class Server:
+    url: str
+    release: str
+
+    def call(
+        self, method: str, path: str, token: str | None = None, body: Any = None
+    ) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+
+def _up(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def server(cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Server]:
+    release = f"taskorch-{namespace[-6:]}"  # cluster-scoped RBAC names must not collide
+    cluster.helm(
+        "install",
+        release,
+        CHART,
+        "--namespace",
+        namespace,
+        *("--set", "server.enabled=true", "--set", "operator.replicas=0"),
+        *("--set", "worker.enabled=false", "--set", "redis.mode=external"),
+        *("--set", f"redis.external.url={redis_url}"),
+    )
+    kubeconfig = cluster.serviceaccount_kubeconfig(
+        namespace, f"{release}-server", tmp_path / "server.kubeconfig"
+    )
+    port = free_port()
+    proc = Proc(
+        ["server", "--host", "127.0.0.1", "--port", str(port)],
+        # charts sampled twice a second, so a test sees them fill
+        base_env(redis_url, kubeconfig, {"TASKORCH_SERVER_HISTORY_SECONDS": "0.5"}),
+        tmp_path / "server.log",
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _up(url), timeout=30, what=f"taskorch server: {proc.logs()}")
+        yield Server(url, release)
+    finally:
+        proc.kill()
+        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
+
+
+def caller_token(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    verbs: list[str],
+    resources: tuple[str, ...] = ("tasks",),
+) -> str:
+    """A ServiceAccount allowed `verbs` on `resources` in `namespace` by a Role, and its token."""
+    manifests = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": ["taskorch.io"], "resources": list(resources), "verbs": verbs}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+        },
+    ]
+    for m in manifests:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(m), namespace=namespace)
+    return cluster.kubectl("create", "token", name, namespace=namespace).stdout.strip()

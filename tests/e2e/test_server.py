@@ -6,102 +6,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Cluster
-from tests.e2e.processes import Proc, base_env
-from tests.support import REPO, free_port, wait_for
-
-CHART = str(REPO / "charts" / "taskorch")
-
-
-@dataclass
-class Server:
-    url: str
-    release: str
-
-    def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None
-    ) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data, headers, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read() or b"null")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
-
-
-def _up(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def server(cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Server]:
-    release = f"taskorch-{namespace[-6:]}"  # cluster-scoped RBAC names must not collide
-    cluster.helm(
-        "install",
-        release,
-        CHART,
-        "--namespace",
-        namespace,
-        *("--set", "server.enabled=true", "--set", "operator.replicas=0"),
-        *("--set", "worker.enabled=false", "--set", "redis.mode=external"),
-        *("--set", f"redis.external.url={redis_url}"),
-    )
-    kubeconfig = cluster.serviceaccount_kubeconfig(
-        namespace, f"{release}-server", tmp_path / "server.kubeconfig"
-    )
-    port = free_port()
-    proc = Proc(
-        ["server", "--host", "127.0.0.1", "--port", str(port)],
-        base_env(redis_url, kubeconfig),
-        tmp_path / "server.log",
-    ).start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _up(url), timeout=30, what=f"taskorch server: {proc.logs()}")
-        yield Server(url, release)
-    finally:
-        proc.kill()
-        cluster.helm("uninstall", release, "--namespace", namespace, check=False)
-
-
-def caller_token(cluster: Cluster, namespace: str, name: str, verbs: list[str]) -> str:
-    """A ServiceAccount allowed `verbs` on tasks in `namespace` by a Role, and its token."""
-    manifests = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": name},
-            "rules": [{"apiGroups": ["taskorch.io"], "resources": ["tasks"], "verbs": verbs}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-    ]
-    for m in manifests:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(m), namespace=namespace)
-    return cluster.kubectl("create", "token", name, namespace=namespace).stdout.strip()
+from tests.e2e.conftest import Cluster, Server, caller_token
+from tests.e2e.processes import Proc
 
 
 @pytest.fixture

@@ -3,19 +3,25 @@ server, acts only through the queue's own scripts, and never writes a CR's statu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from redis.exceptions import RedisError
 
 from taskorch import __version__
 from taskorch.queue.broker import Broker
-from taskorch.server import api
+from taskorch.queue.inspect import Inspector
+from taskorch.server import api, dashboard
 from taskorch.server.actions import Actor, Conflict, Missing
 from taskorch.server.auth import Forbidden, Gate, Unauthenticated
+from taskorch.server.dashboard import LoginRequired
+from taskorch.server.history import History
 from taskorch.server.kube import KubeReviewer, NotFound
 from taskorch.settings import Settings
 
@@ -32,9 +38,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.broker = broker or Broker.from_url(settings.redis_url, settings)
         app.state.actor = Actor(gate, app.state.broker, kube)
+        app.state.history = History(Inspector(app.state.broker), settings.server_history_seconds)
+        sampler = asyncio.create_task(app.state.history.run(), name="history")
         try:
             yield
         finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
             await app.state.broker.close()
 
     app = FastAPI(
@@ -47,14 +58,29 @@ def create_app(
     app.state.gate = gate
     app.state.kube = kube
     app.include_router(api.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(packages=[("taskorch.server", "static")]), name="static")
 
     @app.exception_handler(Unauthenticated)
     async def unauthenticated(_: Request, e: Unauthenticated) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, 401, {"WWW-Authenticate": "Bearer"})
 
+    @app.exception_handler(LoginRequired)
+    async def login_required(request: Request, e: LoginRequired) -> Response:
+        if request.headers.get("hx-request") == "true":
+            return Response(status_code=204, headers={"HX-Redirect": "/login"})
+        return RedirectResponse("/login", 303)
+
     @app.exception_handler(Forbidden)
-    async def forbidden(_: Request, e: Forbidden) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, 403)
+    async def forbidden(request: Request, e: Forbidden) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(e)}, 403)
+        return dashboard.templates.TemplateResponse(
+            request,
+            "error.html",
+            {"title": "Not allowed", "message": str(e), "caller": None},
+            status_code=403,
+        )
 
     @app.exception_handler(Missing)
     @app.exception_handler(NotFound)

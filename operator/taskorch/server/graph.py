@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 150, 44, 60, 18, 10
+NODE_W, NODE_H, GAP_X, GAP_Y, PAD = 176, 44, 56, 18, 10
 
 
 @dataclass(frozen=True)
