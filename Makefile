@@ -58,7 +58,7 @@ unit: tools ## unit tests only
 	$(PY) -m pytest tests/unit
 
 .PHONY: dev
-dev: tools ## local control plane + Redis + operator + example worker; the example Task and Workflow applied
+dev: tools ## local control plane + Redis + operator + example worker + dashboard; the examples applied
 	tests/tools/cluster.sh up $(DEV_CLUSTER) $(STATE)/kubeconfig
 	tests/tools/redis.sh up $(STATE)/redis
 	$(KUBECTL) apply --server-side -f crds/
@@ -72,6 +72,14 @@ dev: tools ## local control plane + Redis + operator + example worker; the examp
 	$(KUBECTL) apply -f examples/workflow.yaml
 	$(KUBECTL) wait --for=condition=Succeeded workflow/image-processing-pipeline --timeout=60s
 	$(KUBECTL) apply -f examples/taskqueue.yaml -f examples/schedule.yaml -f examples/workerpool.yaml
+	$(KUBECTL) apply -f examples/dashboard-user.yaml
+	tests/tools/devproc.sh start $(STATE) server \
+	  $(CURDIR)/$(VENV)/bin/taskorch server --host 127.0.0.1 --port 8080
+	@for _ in $$(seq 100); do curl -sf http://127.0.0.1:8080/healthz >/dev/null && break; sleep 0.1; done
+	@echo
+	@echo "  Dashboard: http://127.0.0.1:8080/  (sign in with the token from"
+	@echo "    kubectl create token taskorch-dev --duration 8h)"
+	@echo "  HTTP API:  http://127.0.0.1:8080/docs"
 	@echo
 	@echo "  The WorkerPool 'workers' scales the taskorch-worker Deployment (kwok pods) by the"
 	@echo "  default queue; the local worker does the work. Watch it wake and go back to 0:"
@@ -83,6 +91,7 @@ dev: tools ## local control plane + Redis + operator + example worker; the examp
 
 .PHONY: down
 down: ## stop what `make dev` started
+	-tests/tools/devproc.sh stop $(STATE) server
 	-tests/tools/devproc.sh stop $(STATE) worker
 	-tests/tools/devproc.sh stop $(STATE) operator
 	-tests/tools/redis.sh down $(STATE)/redis
