@@ -236,3 +236,82 @@ def broker_call(redis_url: str, fn: Callable[[Any], Awaitable[Any]]) -> Any:
             await b.close()
 
     return asyncio.run(go())
+
+
+@dataclass(frozen=True)
+class Span:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+    error: str | None  # the status message of a span whose status is ERROR
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver in the test process: processes export their spans to it
+    (OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url) and tests read them back."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        self.spans: list[Span] = []
+        lock = self.lock = threading.Lock()
+        spans = self.spans
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                got = []
+                for rs in request.resource_spans:
+                    attrs = {a.key: a.value.string_value for a in rs.resource.attributes}
+                    for ss in rs.scope_spans:
+                        for s in ss.spans:
+                            got.append(
+                                Span(
+                                    service=attrs.get("service.name", ""),
+                                    name=s.name,
+                                    trace_id=s.trace_id.hex(),
+                                    span_id=s.span_id.hex(),
+                                    parent_id=s.parent_span_id.hex(),
+                                    attributes={
+                                        a.key: a.value.string_value or a.value.int_value
+                                        for a in s.attributes
+                                    },
+                                    error=s.status.message if s.status.code == 2 else None,
+                                )
+                            )
+                with lock:
+                    spans.extend(got)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def env(self, service: str) -> dict[str, str]:
+        """What a process needs to export here quickly."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+
+    def named(self, name: str) -> list[Span]:
+        with self.lock:
+            return [s for s in self.spans if s.name == name]
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -51,9 +51,14 @@ def crds(outs: tuple[str, ...]) -> None:
         click.echo(f"wrote {path}")
 
 
-def _logging() -> None:
-    level = Settings().log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def _logging(service: str | None = None) -> None:
+    """Logs as the settings say; and traces, for a process that exports them (`service`)."""
+    from taskorch import logs, tracing
+
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    if service:
+        tracing.setup(service)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -102,7 +107,7 @@ def worker(
     from taskorch.worker.queues import QueueSet
     from taskorch.worker.runner import Worker
 
-    _logging()
+    _logging("taskorch-worker")
     try:
         queue_set = QueueSet.parse(queues)
     except ValueError as e:
@@ -147,6 +152,10 @@ def worker(
         # A supervised loop ended (e.g. leases could not be renewed): exit non-zero so that
         # Kubernetes restarts the worker.
         failure = f"taskorch worker stopped: {e}"
+    finally:
+        from taskorch import tracing
+
+        tracing.shutdown()  # the last spans
     if hung_threads:
         # Python joins every pool thread at exit: a sync handler that ignored its timeout, or
         # whose lease was lost, would keep the worker alive until it returns. Its attempt is
@@ -180,7 +189,7 @@ def operator(
     from taskorch.controller.main import run_operator
     from taskorch.errors import TaskorchError
 
-    _logging()
+    _logging("taskorch-operator")
     try:
         run_operator(_settings(redis_url=redis_url), list(namespaces), liveness, metrics_port)
     except TaskorchError as e:
@@ -218,7 +227,7 @@ def server(
     from taskorch.server.auth import Gate
     from taskorch.server.kube import KubeReviewer
 
-    _logging()
+    _logging("taskorch-server")
     settings = _settings(redis_url=redis_url)
     kube = KubeReviewer()
     gate = Gate(kube, read_only=read_only, anonymous_read=anonymous_read)

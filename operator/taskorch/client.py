@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from taskorch import tracing
 from taskorch.api.task import TaskSpec, priority_level
 from taskorch.errors import InvalidTask, TaskFailed
 from taskorch.queue.broker import Broker
@@ -73,6 +74,7 @@ class Client:
         self.namespace = namespace or self.settings.namespace
         self.queue = queue
         self.broker = Broker.from_url(redis_url or self.settings.redis_url, self.settings)
+        tracing.setup("taskorch-client")  # only where an OTLP endpoint or an SDK provider is set
 
     async def close(self) -> None:
         await self.broker.close()
@@ -124,6 +126,20 @@ class Client:
             too_long = next((k for k in keys if k is not None and len(k) > 256), None)
             if too_long is not None:
                 raise InvalidTask(f"idempotency key {too_long[:40]!r}… is over 256 characters")
+        with tracing.enqueue_span(self.namespace, spec.queue, spec.type, len(payloads)) as tp:
+            return await self._enqueue(spec, payloads, keys, policy, timeout, delay, tp, batch_size)
+
+    async def _enqueue(
+        self,
+        spec: TaskSpec,
+        payloads: list[Any],
+        keys: list[str | None],
+        policy: dict[str, Any] | None,
+        timeout: float | None,
+        delay: float | None,
+        traceparent: str,
+        batch_size: int,
+    ) -> list[str]:
         requests = [
             TaskRequest(
                 type=spec.type,
@@ -135,6 +151,7 @@ class Client:
                 idempotency_key=k,
                 concurrency_key=spec.concurrency_key or "",
                 max_concurrent=spec.max_concurrent,
+                traceparent=traceparent,
             )
             for p, k in zip(payloads, keys, strict=True)
         ]

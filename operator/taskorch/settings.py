@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -45,6 +47,11 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=30.0, gt=0, description="Lease on a running attempt.")
     idempotency_ttl_seconds: int = Field(default=86_400, ge=1, description="Keys held this long.")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text, or json: one object a line with time, level, logger, message, and "
+        "task_id and trace_id for lines logged while a task runs.",
+    )
     queue_status_seconds: float = Field(
         default=10.0,
         gt=0,

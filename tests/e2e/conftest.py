@@ -128,9 +128,14 @@ class Server:
     release: str
 
     def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(headers or {})}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = json.dumps(body).encode() if body is not None else None
@@ -142,7 +147,8 @@ class Server:
             return e.code, json.loads(e.read() or b"null")
 
 
-def _up(url: str) -> bool:
+def serving(url: str) -> bool:
+    """Whether a taskorch server answers on `url`."""
     try:
         with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
             return bool(r.status == 200)
@@ -175,7 +181,7 @@ def server(cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path) -> 
     ).start()
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: _up(url), timeout=30, what=f"taskorch server: {proc.logs()}")
+        wait_for(lambda: serving(url), timeout=30, what=f"taskorch server: {proc.logs()}")
         yield Server(url, release)
     finally:
         proc.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 
@@ -151,3 +152,9 @@ class Verdict(BaseModel):
 @app.handler("verdict")
 async def verdict(ctx: taskorch.Context, p: Verdict) -> dict[str, bool]:
     return {"ok": p.ok}
+
+
+@app.handler("log_line")
+async def log_line(ctx: taskorch.Context) -> str:
+    logging.getLogger("handlers").warning("hello from the handler")
+    return "logged"

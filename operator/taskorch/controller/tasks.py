@@ -3,6 +3,7 @@ Tasks, on their watch events, which feeds admission, the resync and the TTL trac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ import kopf
 import redis.exceptions
 from pydantic import ValidationError
 
+from taskorch import tracing
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TaskSpec, priority_level
@@ -95,7 +97,11 @@ async def admit(
         await kube.event("Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e))
         return failed_status(e.reason, str(e), generation, now_ms())
     queue = spec.get("queue", "default")
-    [task_id] = await broker.enqueue_many(namespace, queue, [request])
+    # One Task, one trace, whose id is the Task's UID (tracing.py).
+    with tracing.enqueue_span(namespace, queue, request.type, 1, trace_uid=meta["uid"]) as tp:
+        if tp:
+            request = dataclasses.replace(request, traceparent=tp)
+        [task_id] = await broker.enqueue_many(namespace, queue, [request])
     if task_id == request.id:
         return None
     # Another task holds the idempotencyKey: this one never runs, and says which task did.

@@ -15,6 +15,7 @@ Workflow cancels its steps when the operator sees the deletion.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ import kopf
 import redis.exceptions
 from pydantic import ValidationError
 
+from taskorch import tracing
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import priority_level
@@ -228,6 +230,10 @@ class WorkflowRunner:
             await self._cancel_steps(namespace, body, uid, spec, saved, records)
         errors = {k.removeprefix("error:"): v for k, v in saved.items() if k.startswith("error:")}
         if adv.phase in TERMINAL_WORKFLOW_PHASES:
+            if not saved.get("ended"):
+                tracing.workflow_span(
+                    uid, meta["name"], namespace, created_ms * 10**6, now_ms() * 10**6, adv.phase
+                )
             await self.broker.redis.hset(state_key, "ended", adv.phase.value)
         return workflow_status(
             spec, adv, records, results, errors, generation, created_ms, now_ms()
@@ -318,7 +324,14 @@ class WorkflowRunner:
                 )
             )
         for queue, requests in by_queue.items():
-            await self.broker.enqueue_many(namespace, queue, requests)
+            # Steps are children of the Workflow's span, whose ids come from its UID.
+            parent = tracing.workflow_parent(uid) if tracing.enabled() else None
+            with tracing.enqueue_span(
+                namespace, queue, requests[0].type, len(requests), parent=parent
+            ) as tp:
+                if tp:
+                    requests = [dataclasses.replace(r, traceparent=tp) for r in requests]
+                await self.broker.enqueue_many(namespace, queue, requests)
         return failed
 
     async def _cancel_steps(

@@ -31,7 +31,7 @@ from taskorch.queue.policy import DEFAULTS, QueuePolicy
 from taskorch.queue.scripts import Scripts
 from taskorch.settings import Settings
 
-CLAIM_FIELDS = 10  # per claimed task in settle_claim's reply
+CLAIM_FIELDS = 11  # per claimed task in settle_claim's reply
 log = logging.getLogger("taskorch.queue")
 
 
@@ -53,6 +53,7 @@ def _shared_fields(r: TaskRequest) -> tuple[Any, ...]:
         r.workflow,
         r.concurrency_key,
         r.max_concurrent if r.concurrency_key else "",
+        r.traceparent,
     )
 
 
@@ -90,10 +91,11 @@ class Broker:
                     raise InvalidTask(f"payload is {size} bytes as JSON, over {MAX_PAYLOAD_BYTES}")
                 tasks += [r.id or uuid.uuid4().hex, payload, r.idempotency_key or ""]
             (type_, prio, max_attempts, policy, timeout_ms, due, delay, deadline, *rest) = shared
-            notify, cr, gen, redact, workflow, ck, ckmax = rest
+            notify, cr, gen, redact, workflow, ck, ckmax, tp = rest
             argv += [len(tasks) // 3, type_, prio, max_attempts, policy, timeout_ms, due, delay]
             argv += [deadline, s.idempotency_ttl_seconds * 1000, notify, cr]
-            argv += [DEFAULTS.result_retention_seconds, gen, redact, workflow, ck, ckmax, *tasks]
+            argv += [DEFAULTS.result_retention_seconds, gen, redact, workflow, ck, ckmax, tp]
+            argv += tasks
         unregistered, ids = await self.scripts.enqueue(
             keys=[keys.prefix(namespace, queue)], args=argv
         )
@@ -149,6 +151,7 @@ class Broker:
                     policy=json.loads(f[7]) if f[7] else None,
                     timeout=int(f[8]) / 1000 if f[8] and f[8] != "0" else None,
                     redact=tuple(json.loads(f[9])) if f[9] else (),
+                    traceparent=f[10],
                 )
             )
         due = int(next_due) if next_due not in (None, b"", "") else None

@@ -93,6 +93,7 @@ class TaskRequest:
     workflow: str = ""  # "name/uid" of the Workflow this task is a step of
     concurrency_key: str = ""  # at most max_concurrent tasks of a key run at once, in order
     max_concurrent: int = 1
+    traceparent: str = ""  # W3C trace context of the enqueue (tracing.py), "" when off
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,7 @@ class Settlement:
     data: str = ""  # result JSON for ok, error JSON otherwise
     delay_ms: int = 0  # the retry's backoff, counted on Redis's clock
     history: dict[str, Any] | None = None
+    trace: str = ""  # the handler run's trace context, for the settle span (not sent to Redis)
 
     def argv(self) -> list[str | int]:
         hist = dumps(self.history) if self.history else ""
@@ -125,6 +127,7 @@ class Claimed:
     policy: dict[str, Any] | None
     timeout: float | None
     redact: tuple[str, ...] = ()
+    traceparent: str = ""  # the enqueue's trace context (tracing.py)
 
 
 class ClaimResult(NamedTuple):

@@ -6,6 +6,7 @@ requeue...), checked with the caller's own token before anything is read or writ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
 
+from taskorch import tracing
 from taskorch.api.task import QUEUE_PATTERN
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
@@ -93,7 +95,12 @@ def _task_url(namespace: str, queue: str, task_id: str) -> str:
 
 
 async def _enqueue(
-    b: Broker, namespace: str, tasks: list[SubmitTask], keys: list[str | None], where: str
+    request: Request,
+    b: Broker,
+    namespace: str,
+    tasks: list[SubmitTask],
+    keys: list[str | None],
+    where: str,
 ) -> list[Submitted]:
     """Enqueue in one round trip per queue, keeping the caller's order."""
     by_queue: dict[str, list[tuple[int, TaskRequest]]] = defaultdict(list)
@@ -105,7 +112,13 @@ async def _enqueue(
             raise HTTPException(422, [{"loc": loc, "msg": str(e), "type": "value_error"}]) from e
     out: list[Submitted | None] = [None] * len(tasks)
     for queue, items in by_queue.items():
-        ids = await b.enqueue_many(namespace, queue, [r for _, r in items])
+        type_ = items[0][1].type
+        # A caller's `traceparent` header makes the tasks part of the caller's trace.
+        with tracing.enqueue_span(
+            namespace, queue, type_, len(items), headers=request.headers
+        ) as tp:
+            reqs = [dataclasses.replace(r, traceparent=tp) if tp else r for _, r in items]
+            ids = await b.enqueue_many(namespace, queue, reqs)
         for (i, _), task_id in zip(items, ids, strict=True):
             out[i] = Submitted(
                 id=task_id,
@@ -123,6 +136,7 @@ async def _enqueue(
     dependencies=[Depends(allowed("create", "tasks"))],
 )
 async def submit(
+    request: Request,
     namespace: Namespace,
     task: Annotated[SubmitTask, Body()],
     b: BrokerDep,
@@ -135,7 +149,7 @@ async def submit(
         ),
     ] = None,
 ) -> Submitted:
-    return (await _enqueue(b, namespace, [task], [idempotency_key], ""))[0]
+    return (await _enqueue(request, b, namespace, [task], [idempotency_key], ""))[0]
 
 
 @router.post(
@@ -144,9 +158,11 @@ async def submit(
     summary="Submit up to 1000 tasks in one request (RBAC: create tasks)",
     dependencies=[Depends(allowed("create", "tasks"))],
 )
-async def submit_batch(namespace: Namespace, batch: SubmitBatch, b: BrokerDep) -> SubmittedBatch:
+async def submit_batch(
+    request: Request, namespace: Namespace, batch: SubmitBatch, b: BrokerDep
+) -> SubmittedBatch:
     keys: list[str | None] = [None] * len(batch.tasks)
-    return SubmittedBatch(tasks=await _enqueue(b, namespace, batch.tasks, keys, "tasks"))
+    return SubmittedBatch(tasks=await _enqueue(request, b, namespace, batch.tasks, keys, "tasks"))
 
 
 async def _get(b: Broker, namespace: str, queue: str, task_id: str) -> TaskInfo:

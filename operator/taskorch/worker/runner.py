@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -25,6 +26,7 @@ from typing import Any
 import redis.exceptions
 from pydantic import ValidationError
 
+from taskorch import logs, tracing
 from taskorch.api.reasons import Reason
 from taskorch.errors import LeasesLost, NonRetryable
 from taskorch.queue import keys
@@ -194,6 +196,7 @@ class Worker:
         settlements, self.pending[queue] = self.pending[queue], []
         if not settlements and n <= 0:
             return 0
+        started_ns = time.time_ns()
         try:
             result = await self.broker.settle_claim(
                 self.namespace, queue, self.name, settlements, n, self.lease
@@ -210,6 +213,8 @@ class Worker:
         except BaseException:
             self.pending[queue] = settlements + self.pending[queue]
             raise
+        if tracing.enabled():
+            self._trace_round_trip(queue, started_ns, settlements, result.claimed)
         if result.rejected:
             log.warning("stale settlements rejected by fence: %s", result.rejected)
         self.queue_retry[queue] = result.default_retry
@@ -220,6 +225,19 @@ class Worker:
         else:
             self.next_due_at[queue] = time.monotonic() + result.next_due_in_ms / 1000
         return len(result.claimed)
+
+    def _trace_round_trip(
+        self, queue: str, started_ns: int, settled: list[Settlement], claimed: list[Claimed]
+    ) -> None:
+        """The claim and settle spans of the tasks this round trip claimed and settled."""
+        ended_ns = time.time_ns()
+        attrs = {"messaging.destination.name": queue, "taskorch.worker": self.name}
+        for c in claimed:
+            attempt = {**attrs, "taskorch.task.id": c.id, "taskorch.attempt": c.attempt}
+            tracing.record("taskorch.claim", c.traceparent, started_ns, ended_ns, attempt)
+        for st in settled:
+            outcome = {**attrs, "taskorch.task.id": st.id, "taskorch.outcome": st.outcome.value}
+            tracing.record("taskorch.settle", st.trace, started_ns, ended_ns, outcome)
 
     async def _settle_one_by_one(self, queue: str, settlements: list[Settlement]) -> None:
         for i, st in enumerate(settlements):
@@ -343,7 +361,8 @@ class Worker:
     def _start(self, c: Claimed, queue: str) -> None:
         r = Running(c, queue)
         self.running[c.id] = r
-        r.task = asyncio.create_task(self._attempt(r), name=f"task-{c.id}")
+        attempt = self._traced_attempt(r) if tracing.enabled() else self._attempt(r)
+        r.task = asyncio.create_task(attempt, name=f"task-{c.id}")
         r.task.add_done_callback(functools.partial(self._done, r))
 
     def _stop(self, task_id: str, reason: str) -> None:
@@ -370,8 +389,38 @@ class Worker:
             raise ValueError(f"progress is {size} bytes as JSON, over {MAX_PROGRESS_BYTES}")
         self.progress[queue][task_id] = data
 
+    async def _traced_attempt(self, r: Running) -> Settlement | None:
+        """The attempt inside its span, current while the handler runs (so the handler's own
+        spans and log lines join the task's trace)."""
+        c = r.claimed
+        span = tracing.start_run(
+            c.traceparent,
+            c.type,
+            {
+                "messaging.destination.name": r.queue,
+                "k8s.namespace.name": self.namespace,
+                "taskorch.task.id": c.id,
+                "taskorch.attempt": c.attempt,
+                "taskorch.worker": self.name,
+            },
+        )
+        with tracing.activated(span):
+            try:
+                st = await self._attempt(r)
+            except BaseException as e:
+                tracing.end_run(span, "Interrupted", e)
+                raise
+        if st is None:
+            tracing.end_run(span, "LostWorker")
+            return None
+        label = (st.history or {}).get("outcome", st.outcome.value)
+        error = (st.history or {}).get("error") if st.outcome is not Outcome.ok else None
+        tp = tracing.end_run(span, label, RuntimeError(error) if error else None)
+        return dataclasses.replace(st, trace=tp) if tp else st
+
     async def _attempt(self, r: Running) -> Settlement | None:
         c = r.claimed
+        logs.TASK_ID.set(c.id)  # this attempt's asyncio task has a context of its own
         labels = (r.queue, c.type)
         handler = self.app.handlers.get(c.type)
         raw_payload: Any = None

@@ -1,8 +1,9 @@
 -- enqueue(batch). ARGV: groups. A group is what its tasks share, then the tasks:
 --   count, type, prio, max_attempts, policy, timeout_ms, due_ms, delay_ms, deadline_ms,
---   ukey_ttl_ms, notify, cr, retention_s, gen, redact, wf, ck, ckmax,
+--   ukey_ttl_ms, notify, cr, retention_s, gen, redact, wf, ck, ckmax, tp,
 --   then count × (id, payload, idempotency key)
--- so a batch of one type sends 3 values a task, not 20 (see Broker.enqueue_many). cr names the
+-- so a batch of one type sends 3 values a task, not 21 (see Broker.enqueue_many). tp is the W3C
+-- trace context of the enqueue (empty unless tracing is on), handed to the worker with a claim. cr names the
 -- Task of a CR-backed task, wf ("name/uid") the Workflow of a step, ck its concurrency key. due_ms is an
 -- absolute time (runAt); delay_ms is counted from Redis's clock, not the caller's.
 -- Idempotent: an existing task id, or a key held by another id, returns the id already there
@@ -20,8 +21,8 @@ while i <= #ARGV do
   local policy, timeout_ms, due, delay_ms = ARGV[i + 4], ARGV[i + 5], tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7])
   local deadline_ms, ukey_ttl, notify_flag, cr = ARGV[i + 8], ARGV[i + 9], ARGV[i + 10], ARGV[i + 11]
   local retention, gen, redact, wf = queue_retention or ARGV[i + 12], ARGV[i + 13], ARGV[i + 14], ARGV[i + 15]
-  local ck, ckmax = ARGV[i + 16], ARGV[i + 17]
-  i = i + 18
+  local ck, ckmax, tp = ARGV[i + 16], ARGV[i + 17], ARGV[i + 18]
+  i = i + 19
   if delay_ms > 0 then due = math.max(due, now + delay_ms) end
   local state = 'queued'
   if due > now then state = 'scheduled' end
@@ -44,6 +45,7 @@ while i <= #ARGV do
   opt('wf', wf)
   opt('ck', ck)
   opt('ckmax', ckmax)
+  opt('tp', tp)
   local ready = {}
   for j = i, i + 3 * count - 1, 3 do
     local id, payload, ukey = ARGV[j], ARGV[j + 1], ARGV[j + 2]

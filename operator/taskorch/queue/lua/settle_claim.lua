@@ -2,13 +2,13 @@
 -- ARGV: worker, lease_ms, n, 5 limits (common.lua read_limits), then 6 fields per settlement:
 -- id, fence, outcome (ok|retry|dead|cancelled|release|handback), data, delay_ms, history.
 -- data is the result JSON for ok and the error JSON otherwise; delay_ms the retry's backoff.
--- Returns {rejected ids, claimed tasks (10 fields each), ms until the worker should look again
+-- Returns {rejected ids, claimed tasks (11 fields each), ms until the worker should look again
 -- (the next delayed task falls due, or the rate limit's next token) or '', the queue's default
 -- retry policy (JSON) or ''}.
 local worker, lease_ms, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local limits = read_limits(4)
 local rejected = {}
-local CLAIM_FIELDS = 10
+local CLAIM_FIELDS = 11
 -- Successes leave `active` and count in `stats` once per call, not once per task.
 local succeeded = {}
 
@@ -146,7 +146,8 @@ if want > 0 and not paused then
     for _, id in ipairs(got[2]) do
       local t = key.task(id)
       local f = redis.call('HMGET', t, 'state', 'deadline_ms', 'fence', 'attempt', 'started_ms',
-        'notify', 'failures', 'max_attempts', 'type', 'payload', 'policy', 'timeout_ms', 'redact')
+        'notify', 'failures', 'max_attempts', 'type', 'payload', 'policy', 'timeout_ms', 'redact',
+        'tp')
       local deadline = tonumber(f[2]) or 0
       if f[1] ~= 'queued' then
         skipped = skipped + 1
@@ -168,7 +169,7 @@ if want > 0 and not paused then
         claimed[#claimed + 1] = id
         claimed[#claimed + 1] = tostring(fence)
         claimed[#claimed + 1] = tostring(attempt)
-        for j = 7, 13 do claimed[#claimed + 1] = f[j] or '' end
+        for j = 7, 14 do claimed[#claimed + 1] = f[j] or '' end
       end
     end
   end
