@@ -105,7 +105,7 @@ BENCH_VENV := bench/.venv
 $(BENCH_VENV)/.installed: pyproject.toml bench/requirements.txt
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e . -r bench/requirements.txt
+	$(BENCH_VENV)/bin/pip install -q -e '.[server]' -r bench/requirements.txt
 	touch $@
 
 .PHONY: bench

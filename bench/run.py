@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from bench import cr, drain, queue_policy, scaling, sdk, workflow
+from bench import server as server_bench
 from bench.common import REDIS_URL
 from tests.support import RedisServer
 
@@ -59,6 +60,9 @@ def main() -> None:
         server.restart()
         print("scaling: WorkerPool reaction and scale-down soak ...", flush=True)
         results["scaling"] = scaling.run(server.url, work)
+        server.restart()
+        print("server: HTTP submit vs SDK, dashboard pages with 100,000 queued ...", flush=True)
+        results["server"] = server_bench.run(server.url)
         server.restart()
         print("queue policy: concurrency keys vs plain, rate limit ...", flush=True)
         results["queue_policy"] = {
@@ -189,6 +193,21 @@ def render(r: dict[str, Any]) -> str:
             f"- Rate limit {rl['limit_per_s']}/s, 2 workers: measured/limit over 10 s "
             f"**{rl['measured_vs_limit']}**",
         ]
+    if "server" in r:
+        v = r["server"]
+        for mode, label in (("single", "one task a request"), ("batch", "1,000 tasks a request")):
+            f = v[f"submit_{mode}"]
+            lines.append(
+                f"- HTTP submit, {label} ({f['tasks']} tasks, {f['concurrency']} connection(s)): "
+                f"**{f['http_tasks_per_s']['median']} tasks/s** "
+                f"({f['http_tasks_per_s']['min']}–{f['http_tasks_per_s']['max']}) vs the SDK's "
+                f"{f['sdk_tasks_per_s']['median']} the same way: **{f['http_vs_sdk']}×**"
+            )
+        pages = ", ".join(
+            f"{name} p50 {t['p50_ms']} ms / p95 **{t['p95_ms']} ms**"
+            for name, t in v["dashboard_100k_queued"].items()
+        )
+        lines.append(f"- Dashboard with 100,000 tasks queued (200 requests each): {pages}")
     if "scaling" in r:
         s = r["scaling"]
         lines += [

@@ -47,7 +47,8 @@ MAX_WAIT_SECONDS = 60.0
 MAX_PAGE = 500
 
 
-def broker(request: Request) -> Broker:
+# Dependencies are async even where they need not be: FastAPI runs a sync one in a thread.
+async def broker(request: Request) -> Broker:
     b: Broker = request.app.state.broker
     return b
 
