@@ -123,19 +123,20 @@ async def _pages(url: str, task_id: str, rounds: int) -> dict[str, dict[str, flo
     pages = {
         "queues": f"/ns/{NS}/queues",
         "tasks_recent": f"/ns/{NS}/tasks?queue=big",
-        "tasks_queued_page_1000": f"/ns/{NS}/tasks?queue=big&state=queued&offset=50000",
+        "tasks_queued_offset_50000": f"/ns/{NS}/tasks?queue=big&state=queued&offset=50000",
         "task_detail": f"/ns/{NS}/tasks/{task_id}?queue=big",
         "api_queue_stats": f"/api/v1/namespaces/{NS}/queues/big",
     }
     out = {}
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+    async with aiohttp.ClientSession(url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         for name, path in pages.items():
             times = []
             for _ in range(rounds):
                 t0 = time.perf_counter()
-                r = await c.get(path)
+                async with c.get(path) as r:
+                    await r.read()
+                    r.raise_for_status()
                 times.append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
             times.sort()
             out[name] = {
                 "p50_ms": round(statistics.median(times), 2),
