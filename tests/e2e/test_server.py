@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,3 +101,53 @@ def test_the_server_account_may_review_and_read_but_never_write(
         env={**cluster.env, "KUBECONFIG": str(kubeconfig)},
     )
     assert proc.returncode != 0 and "forbidden" in proc.stderr, proc.stderr
+
+
+def test_changes_to_objects_go_with_the_callers_own_token(
+    cluster: Cluster, namespace: str, server: Server
+) -> None:
+    """Pausing a queue a TaskQueue declares patches the TaskQueue, and a dashboard's "run now"
+    creates a Schedule's child: both sent with the caller's token, so the API server applies
+    the caller's RBAC (the server's own account may not write either)."""
+    queue = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": "emails"},
+        "spec": {},
+    }
+    schedule = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Schedule",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "@daily", "taskTemplate": {"spec": {"type": "square"}}},
+    }
+    for obj in (queue, schedule):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj), namespace=namespace)
+    every = ("tasks", "taskqueues", "schedules")
+    # RBAC's `update` passes the server's own check; the patch itself needs `patch`.
+    no_patch = caller_token(cluster, namespace, "updater", ["get", "list", "update"], every)
+    operator = caller_token(cluster, namespace, "ops", ["get", "list", "update", "patch"], every)
+    pause = f"/api/v1/namespaces/{namespace}/queues/emails/pause"
+
+    status, err = server.call("POST", pause, no_patch)
+    assert status == 403 and "cannot patch resource" in err["detail"], err
+    assert cluster.get_json("taskqueue/emails", namespace=namespace)["spec"]["paused"] is False
+    status, body = server.call("POST", pause, operator)
+    assert status == 200, body
+    assert cluster.get_json("taskqueue/emails", namespace=namespace)["spec"]["paused"] is True
+
+    # The dashboard's "run now": creating the child needs `create tasks` (ops has none).
+    def trigger(token: str) -> str:
+        req = urllib.request.Request(
+            f"{server.url}/ns/{namespace}/schedules/nightly/trigger",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "HX-Request": "true"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.read().decode()
+
+    assert "cannot create resource" in trigger(operator)
+    creator = caller_token(cluster, namespace, "creator", ["get", "list", "create"], every)
+    assert "created" in trigger(creator)
+    children = cluster.get_json("tasks", "-l", "taskorch.io/schedule=nightly", namespace=namespace)
+    assert len(children["items"]) == 1
