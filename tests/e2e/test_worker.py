@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -149,20 +150,25 @@ async def _is(client: taskorch.Client, task_id: str, state: State) -> bool:
     return await _state(client, task_id) is state
 
 
-def test_cli_queues_pause_resume(redis_url: str) -> None:
+def test_cli_queues_pause_resume(redis_url: str, tmp_path: Path) -> None:
     async def seed() -> None:
         async with taskorch.Client(redis_url, namespace=NS, queue="reports") as c:
             await c.enqueue_many("noop", [None] * 3)
 
     asyncio.run(seed())
 
+    # No cluster to ask (whatever ~/.kube/config the machine has): the queue lives in Redis only.
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+
     def cli(*args: str) -> str:
-        return subprocess.run(
+        proc = subprocess.run(
             [sys.executable, "-m", "taskorch.cli", *args, "--redis-url", redis_url],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
     cli("pause", "-n", NS, "reports")
     [row] = json.loads(cli("queues", "-o", "json"))
