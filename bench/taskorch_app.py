@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 import taskorch
 from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
 
-# 64 for both: a round trip settles and claims up to a worker's free slots, so more slots
+# 128 for both: a round trip settles and claims up to a worker's free slots, so more slots
 # mean fewer round trips (and fsyncs) per task (bench/README.md)
-CONCURRENCY, CONCURRENCY_IO = 64, 64
+CONCURRENCY, CONCURRENCY_IO = 128, 128
 CONFIG = f"2 processes × concurrency {CONCURRENCY}, batched enqueue (1000/round trip)"
 CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, batched enqueue (1000/round trip)"
 
