@@ -218,17 +218,26 @@ async def namespace_home(ns: str) -> Response:
     return RedirectResponse(f"/ns/{ns}/queues", 303)
 
 
-@router.get("/ns/{ns}/queues")
-async def queues_page(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    body = await _queues_html(request, caller, ns)
-    return _page(request, "queues.html", caller, ns=ns, body=body, tab="queues")
+def _section(
+    name: str, title: str, render: Callable[[Request, Caller, str], Awaitable[str]]
+) -> None:
+    """A namespace's page of one live section: /ns/NS/NAME renders it, /ns/NS/NAME/live pushes
+    it again whenever it changes."""
+
+    async def page(request: Request, ns: str) -> Response:
+        caller = await _caller(request)
+        body = await render(request, caller, ns)
+        return _page(request, "section.html", caller, ns=ns, body=body, tab=name, title=title)
+
+    async def live(request: Request, ns: str) -> Response:
+        caller = await _caller(request)
+        return _live(request, name, lambda: render(request, caller, ns))
+
+    router.add_api_route(f"/ns/{{ns}}/{name}", page, methods=["GET"])
+    router.add_api_route(f"/ns/{{ns}}/{name}/live", live, methods=["GET"])
 
 
-@router.get("/ns/{ns}/queues/live")
-async def queues_live(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    return _live(request, "queues", lambda: _queues_html(request, caller, ns))
+_section("queues", "Queues", _queues_html)
 
 
 @router.post("/ns/{ns}/queues/{queue}/{verb}")
@@ -450,17 +459,7 @@ async def _workflows_html(request: Request, caller: Caller, ns: str) -> str:
     return _fragment("_workflows.html", ns=ns, items=items)
 
 
-@router.get("/ns/{ns}/workflows")
-async def workflows_page(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    body = await _workflows_html(request, caller, ns)
-    return _page(request, "workflows.html", caller, ns=ns, body=body, tab="workflows")
-
-
-@router.get("/ns/{ns}/workflows/live")
-async def workflows_live(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    return _live(request, "workflows", lambda: _workflows_html(request, caller, ns))
+_section("workflows", "Workflows", _workflows_html)
 
 
 async def _workflow_html(request: Request, caller: Caller, ns: str, name: str) -> str:
@@ -505,17 +504,7 @@ async def _workers_html(request: Request, caller: Caller, ns: str) -> str:
     return _fragment("_workers.html", ns=ns, pools=pools, workers=workers, rates=rates)
 
 
-@router.get("/ns/{ns}/workers")
-async def workers_page(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    body = await _workers_html(request, caller, ns)
-    return _page(request, "workers.html", caller, ns=ns, body=body, tab="workers")
-
-
-@router.get("/ns/{ns}/workers/live")
-async def workers_live(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    return _live(request, "workers", lambda: _workers_html(request, caller, ns))
+_section("workers", "Worker pools and workers", _workers_html)
 
 
 # --- schedules --------------------------------------------------------------------------------
@@ -526,17 +515,7 @@ async def _schedules_html(request: Request, caller: Caller, ns: str) -> str:
     return _fragment("_schedules.html", ns=ns, items=items)
 
 
-@router.get("/ns/{ns}/schedules")
-async def schedules_page(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    body = await _schedules_html(request, caller, ns)
-    return _page(request, "schedules.html", caller, ns=ns, body=body, tab="schedules")
-
-
-@router.get("/ns/{ns}/schedules/live")
-async def schedules_live(request: Request, ns: str) -> Response:
-    caller = await _caller(request)
-    return _live(request, "schedules", lambda: _schedules_html(request, caller, ns))
+_section("schedules", "Schedules", _schedules_html)
 
 
 @router.post("/ns/{ns}/schedules/{name}/{verb}")
