@@ -83,6 +83,15 @@ namespace_option = click.option(
 @click.option("--concurrency", "-c", default=16, show_default=True, type=click.IntRange(1, 10_000))
 @click.option("--grace", default=30.0, show_default=True, help="Seconds to drain on SIGTERM.")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics here.")
+@click.option(
+    "--allow-commands",
+    envvar="TASKORCH_ALLOW_COMMANDS",
+    default=None,
+    metavar="EXECUTABLES",
+    help="Also run command tasks (spec.command) whose executable is in this comma-separated "
+    "list (a name as found on PATH, or an exact path; * for any). Off: such tasks are handed "
+    "back for a worker that allows them.",
+)
 @redis_option
 @namespace_option
 def worker(
@@ -91,6 +100,7 @@ def worker(
     concurrency: int,
     grace: float,
     metrics_port: int | None,
+    allow_commands: str | None,
     redis_url: str | None,
     namespace: str,
 ) -> None:
@@ -116,6 +126,17 @@ def worker(
     app = getattr(importlib.import_module(module_name), attr or "app")
     if not isinstance(app, App):
         raise click.BadParameter(f"{app_ref} is not a taskorch.App", param_hint="--app")
+    if allow_commands is not None:
+        from taskorch.worker.commands import command_app, parse_allow_list
+
+        try:
+            allow = parse_allow_list(allow_commands)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--allow-commands") from e
+        served = App()  # the user's app is left as it is
+        served.include(app)
+        served.include(command_app(allow))
+        app = served
     if metrics_port is not None:
         from prometheus_client import start_http_server
 

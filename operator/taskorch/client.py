@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from taskorch import tracing
-from taskorch.api.task import TaskSpec, priority_level
+from taskorch.api.task import TaskSpec, priority_level, runnable
 from taskorch.errors import InvalidTask, TaskFailed
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import TERMINAL, State, TaskInfo, TaskRequest
@@ -126,7 +126,7 @@ class Client:
             too_long = next((k for k in keys if k is not None and len(k) > 256), None)
             if too_long is not None:
                 raise InvalidTask(f"idempotency key {too_long[:40]!r}… is over 256 characters")
-        with tracing.enqueue_span(self.namespace, spec.queue, spec.type, len(payloads)) as tp:
+        with tracing.enqueue_span(self.namespace, spec.queue, type, len(payloads)) as tp:
             return await self._enqueue(spec, payloads, keys, policy, timeout, delay, tp, batch_size)
 
     async def _enqueue(
@@ -142,7 +142,7 @@ class Client:
     ) -> list[str]:
         requests = [
             TaskRequest(
-                type=spec.type,
+                type=runnable(spec)[0],
                 payload=p,
                 priority=priority_level(spec.priority),
                 retry=policy,

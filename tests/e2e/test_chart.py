@@ -93,6 +93,8 @@ def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> N
 
     worker = deployment(docs, "worker")
     assert "replicas" not in worker["spec"], "the autoscaler owns the worker's replicas"
+    worker_env = {e["name"] for e in worker["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "TASKORCH_ALLOW_COMMANDS" not in worker_env, "command tasks are off by default"
     assert worker["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
     assert env["TASKORCH_LEADER_ELECTION_LEASE"]["value"] == "taskorch-operator"
@@ -188,6 +190,7 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     assert_queries_parse_and_name_real_metrics(queries)
     env = deployment(docs, "worker")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "TASKORCH_REDIS_TLS_CA_FILE", "value": "/etc/taskorch/redis-ca/ca.crt"} in env
+    assert {"name": "TASKORCH_ALLOW_COMMANDS", "value": "echo,/usr/bin/ffmpeg"} in env
     # redis.acl: workers get the namespace's own Redis user, never the main password.
     by_name = {e["name"]: e for e in env}
     for var, key in (

@@ -39,6 +39,8 @@ class Reason(StrEnum):
     SettlementRefused = "SettlementRefused"
     DeadlineExceeded = "DeadlineExceeded"
     LostWorkerLimit = "LostWorkerLimit"
+    CommandNotAllowed = "CommandNotAllowed"  # outside the worker's --allow-commands
+    CommandNotFound = "CommandNotFound"  # no such executable on the worker
     # a failed attempt that will be retried (lastError.reason)
     HandlerError = "HandlerError"
     # TaskQueue Ready condition (False: InvalidSpec or RedisUnreachable)

@@ -132,8 +132,31 @@ class PayloadSource(ApiModel):
     )
 
 
+COMMAND_TYPE = "taskorch.command"  # the queue's type of a command task (worker/commands.py)
+
+
+class EnvVar(ApiModel):
+    name: str = Field(max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    value: str = Field(default="", max_length=32768)
+
+
+Command = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=4096)]],
+    Field(
+        min_length=1,
+        max_length=256,
+        description="Run this argv on a worker started with --allow-commands (its executable "
+        "must be in the worker's allow-list), without a shell: write [sh, -c, ...] for one. "
+        "stdout and stderr tails are the result; an exit code other than 0 fails the attempt.",
+    ),
+]
+
+
 _IMMUTABLE = (
     "type",
+    "command",
+    "env",
+    "workingDir",
     "queue",
     "payload",
     "payloadFrom",
@@ -167,6 +190,16 @@ class TaskSpec(ApiModel):
                     "message": "set at most one of runAt and delay",
                 },
                 {
+                    "rule": "has(self.type) != has(self.command)",
+                    "message": "set exactly one of type (a handler) and command",
+                },
+                {
+                    "rule": "has(self.command) ? !has(self.payload) && !has(self.payloadFrom)"
+                    " : !has(self.env) && !has(self.workingDir)",
+                    "message": "a command takes env and workingDir, not payload or payloadFrom;"
+                    " a handler (type) takes payload, not env or workingDir",
+                },
+                {
                     "rule": " && ".join(_unchanged(f) for f in _IMMUTABLE),
                     "message": "a Task's spec is immutable once created (only cancel and "
                     "suspend may change): create a new Task instead",
@@ -175,8 +208,17 @@ class TaskSpec(ApiModel):
         }
     }
 
-    type: TaskType = Field(
-        description="Name of the handler that runs this task, as registered in the workers."
+    type: TaskType | None = Field(
+        default=None,
+        description="Name of the handler that runs this task, as registered in the workers "
+        "(exactly one of type and command).",
+    )
+    command: Command | None = None
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=64, description="Environment variables of the command."
+    )
+    working_dir: str | None = Field(
+        default=None, max_length=4096, description="Directory the command runs in."
     )
     queue: QueueName = Field(
         default="default",
@@ -244,6 +286,17 @@ class TaskSpec(ApiModel):
             ]
         },
     )
+
+    @model_validator(mode="after")
+    def _one_kind_of_work(self) -> TaskSpec:
+        # The CEL rules above, for callers that do not go through the API server.
+        if (self.type is None) == (self.command is None):
+            raise ValueError("set exactly one of type (a handler) and command")
+        if self.command is not None and (self.payload is not None or self.payload_from):
+            raise ValueError("a command takes env and workingDir, not payload or payloadFrom")
+        if self.command is None and (self.env or self.working_dir):
+            raise ValueError("env and workingDir go with a command, not a handler (type)")
+        return self
 
 
 class TaskPhase(StrEnum):
@@ -321,3 +374,17 @@ class TaskStatus(ApiModel):
         default=None, max_length=10, description="The last attempts, newest last."
     )
     next_retry_at: datetime | None = None
+
+
+def runnable(spec: TaskSpec, payload: JsonValue = None) -> tuple[str, JsonValue]:
+    """The queue's (type, payload) of a Task spec: a handler's, or a command's (the argv, env
+    and working directory as the payload of the built-in COMMAND_TYPE)."""
+    if spec.command is None:
+        assert spec.type is not None  # the model's check (and the CRD's CEL rule)
+        return spec.type, payload
+    command: dict[str, JsonValue] = {"argv": list(spec.command)}
+    if spec.env:
+        command["env"] = {e.name: e.value for e in spec.env}
+    if spec.working_dir:
+        command["workingDir"] = spec.working_dir
+    return COMMAND_TYPE, command

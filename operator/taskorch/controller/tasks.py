@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from taskorch import tracing
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
-from taskorch.api.task import TaskSpec, priority_level
+from taskorch.api.task import TaskSpec, priority_level, runnable
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import (
     cancelled_status,
@@ -54,7 +54,9 @@ async def build_request(
             # RBAC may be granted later (Helm value rbac.readSecrets): wait rather than fail.
             raise Waiting(Reason.PayloadFromForbidden, f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
-    size = size_in_bytes(dumps(payload))  # what goes into Redis, payloadFrom values included
+    type_, queued_payload = runnable(task, payload)
+    # what goes into Redis: payloadFrom values included, or a command's argv and env
+    size = size_in_bytes(dumps(queued_payload))
     if size > MAX_PAYLOAD_BYTES:
         raise Refused(Reason.PayloadTooLarge, f"payload is {size} bytes, over {MAX_PAYLOAD_BYTES}")
     created = epoch_seconds(meta["creationTimestamp"])
@@ -62,8 +64,8 @@ async def build_request(
     if task.delay:
         run_at = created + duration_seconds(task.delay)
     return TaskRequest(
-        type=task.type,
-        payload=payload,
+        type=type_,
+        payload=queued_payload,
         id=meta["uid"],
         priority=priority_level(task.priority),
         retry=task.retry.model_dump(by_alias=True, exclude_none=True) if task.retry else None,

@@ -8,7 +8,7 @@ import time
 from pydantic import Field, model_validator
 
 from taskorch.api.base import ApiModel, duration_seconds
-from taskorch.api.task import TaskSpec, priority_level
+from taskorch.api.task import TaskSpec, priority_level, runnable
 from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, dumps, size_in_bytes
 
 MAX_BATCH = 1000
@@ -59,12 +59,13 @@ class PayloadTooLarge(ValueError):
 
 def to_request(task: SubmitTask, idempotency_key: str | None = None) -> TaskRequest:
     """The queue's record of a submitted task; PayloadTooLarge past the CRD's cap."""
-    size = size_in_bytes(dumps(task.payload))
+    type_, payload = runnable(task, task.payload)
+    size = size_in_bytes(dumps(payload))
     if size > MAX_PAYLOAD_BYTES:
         raise PayloadTooLarge(f"payload is {size} bytes as JSON, over {MAX_PAYLOAD_BYTES}")
     return TaskRequest(
-        type=task.type,
-        payload=task.payload,
+        type=type_,
+        payload=payload,
         priority=priority_level(task.priority),
         retry=task.retry.model_dump(by_alias=True, exclude_none=True) if task.retry else None,
         timeout=duration_seconds(task.timeout) if task.timeout else None,
