@@ -74,7 +74,8 @@ class Client:
         self.namespace = namespace or self.settings.namespace
         self.queue = queue
         self.broker = Broker.from_url(redis_url or self.settings.redis_url, self.settings)
-        tracing.setup("taskorch-client")  # only where an OTLP endpoint or an SDK provider is set
+        # only where the application set up OpenTelemetry, or an OTLP endpoint is configured
+        tracing.setup("taskorch-client", install=False)
 
     async def close(self) -> None:
         await self.broker.close()

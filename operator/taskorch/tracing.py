@@ -22,6 +22,7 @@ from typing import Any
 log = logging.getLogger("taskorch.tracing")
 
 _tracer: Any = None  # set by setup(): tracing is on
+_provider: Any = None  # taskorch's own provider, when it made one (flushed by shutdown())
 _forced_ids: contextvars.ContextVar[tuple[int | None, int | None]] = contextvars.ContextVar(
     "taskorch_forced_ids", default=(None, None)
 )
@@ -34,10 +35,13 @@ def configured() -> bool:
     )
 
 
-def setup(service: str) -> bool:
+def setup(service: str, *, install: bool = True) -> bool:
     """Trace through the application's own OpenTelemetry SDK when it set one up (an SDK user's
-    process), else export over OTLP/HTTP when an endpoint is configured; True when on."""
-    global _tracer
+    process), else export over OTLP/HTTP when an endpoint is configured; True when on.
+    `install`: make taskorch's provider the process's global one (taskorch's own processes, so a
+    handler's spans nest under its task's); the SDK, a library in someone else's process, keeps
+    a provider of its own instead."""
+    global _tracer, _provider
     if _tracer is not None:
         return True
     try:
@@ -73,8 +77,10 @@ def setup(service: str) -> bool:
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service)})
     provider = TracerProvider(resource=resource, id_generator=ForcedIds())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    _tracer = trace.get_tracer("taskorch")
+    _provider = provider
+    if install:
+        trace.set_tracer_provider(provider)
+    _tracer = provider.get_tracer("taskorch")
     log.info("tracing: exporting spans over OTLP as %s", service)
     return True
 
@@ -85,11 +91,8 @@ def enabled() -> bool:
 
 def shutdown() -> None:
     """Flush what is buffered (a worker's last spans) before the process exits."""
-    if _tracer is not None:
-        from opentelemetry import trace
-
-        provider: Any = trace.get_tracer_provider()
-        provider.shutdown()
+    if _provider is not None:
+        _provider.shutdown()
 
 
 def uid_trace_id(uid: str) -> int:

@@ -158,3 +158,10 @@ async def verdict(ctx: taskorch.Context, p: Verdict) -> dict[str, bool]:
 async def log_line(ctx: taskorch.Context) -> str:
     logging.getLogger("handlers").warning("hello from the handler")
     return "logged"
+
+
+@app.handler("log_line_sync")
+def log_line_sync(ctx: taskorch.Context) -> str:
+    """Sync: runs in the worker's thread pool, which must carry the attempt's context."""
+    logging.getLogger("handlers").warning("hello from the sync handler")
+    return "logged"

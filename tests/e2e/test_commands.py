@@ -67,3 +67,45 @@ def test_bad_command_specs_are_refused_at_apply(
         "apply", "-f", "-", input=task("bad", spec), namespace=namespace, check=False
     )
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_workflow_mixes_handler_and_command_steps(
+    cluster: Cluster, namespace: str, workers: Callable[..., Proc]
+) -> None:
+    workers(args=("--allow-commands", "echo,wc"))
+    workflow = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "mixed"},
+        "spec": {
+            "steps": [
+                {
+                    "name": "fetch",
+                    "type": "download_image",
+                    "payload": {"image_url": "s3://b/cat.jpg"},
+                },
+                {
+                    "name": "inspect",
+                    "dependsOn": ["fetch"],
+                    "command": ["echo", "got", "{{ steps.fetch.result.path }}"],
+                },
+                {
+                    "name": "square",
+                    "type": "square",
+                    "dependsOn": ["inspect"],
+                    "payload": {"value": 3},
+                },
+            ]
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(workflow), namespace=namespace)
+    cluster.kubectl(
+        "wait", "--for=condition=Succeeded", "workflow/mixed", "--timeout=60s", namespace=namespace
+    )
+    status = cluster.get_json("workflow/mixed", namespace=namespace)["status"]
+    steps = {s["name"]: s for s in status["steps"]}
+    assert [steps[n]["phase"] for n in ("fetch", "inspect", "square")] == ["Succeeded"] * 3
+    started = [steps[n]["startTime"] for n in ("fetch", "inspect", "square")]
+    assert started == sorted(started)  # in dependency order
+    assert status["result"] == {"square": 9}

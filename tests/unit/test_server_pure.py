@@ -60,3 +60,13 @@ def test_fields_from_secrets_are_redacted() -> None:
         "password": REDACTED,
     }
     assert redacted(["not", "a", "dict"], ("password",)) == ["not", "a", "dict"]
+
+
+def test_finally_steps_are_laid_out_by_their_own_dependencies() -> None:
+    spec = {
+        "steps": [{"name": "a"}, {"name": "b", "dependsOn": ["a"]}],
+        "finally": [{"name": "report"}, {"name": "cleanup", "dependsOn": ["report"]}],
+    }
+    at = {n.name: n for n in layout(spec, None).nodes}
+    assert at["a"].x < at["b"].x < at["report"].x < at["cleanup"].x
+    assert len(layout(spec, None).edges) == 2

@@ -86,3 +86,31 @@ def test_actions_come_only_from_the_page_and_delete_only_finished_tasks(
     assert "deleted" in ui.post(url, headers=HX).text
     assert ui.get(f"{TASKS}/{ids[0]}", headers=ALICE_H).status_code == 404
     assert "paused team-a/default" in ui.post("/ns/team-a/queues/default/pause", headers=HX).text
+
+
+def test_bad_filters_are_refused_not_a_500(ui: TestClient) -> None:
+    sign_in(ui)
+    assert ui.get("/ns/team-a/tasks?state=bogus").status_code == 422
+    assert ui.get("/ns/team-a/tasks?type=x%26queue%3Dprod").status_code == 422
+    assert ui.get("/ns/Team_A/queues").status_code == 422
+
+
+async def test_a_live_section_ends_when_its_token_stops_working(redis_url: str) -> None:
+    import httpx
+
+    from taskorch.server.app import create_app
+    from taskorch.server.auth import Gate
+    from taskorch.settings import Settings
+
+    reviewer = TableReviewer()
+    app = create_app(Settings(redis_url=redis_url), Gate(reviewer, cache_seconds=0.05), None)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            stream = asyncio.ensure_future(c.get("/ns/team-a/live/queues", headers=ALICE_H))
+            await asyncio.sleep(0.3)
+            assert not stream.done()  # streaming while the token works
+            del reviewer.tokens["alice-token"]  # revoked (or expired)
+            r = await asyncio.wait_for(stream, 5)
+    events = [line for line in r.text.splitlines() if line.startswith("data:")]
+    assert "does not accept this token (TokenReview)" in events[-1]

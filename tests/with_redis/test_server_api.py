@@ -8,11 +8,13 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from taskorch.queue import keys
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import Outcome, Settlement
+from taskorch.queue.model import Outcome, Settlement, TaskRequest, now_ms
 from taskorch.server.app import create_app
 from taskorch.server.auth import Action, Caller, Gate
 from taskorch.settings import Settings
+from tests.support import broker_call
 
 ALICE = Caller("alice", groups=("devs",))
 BOB = Caller("bob")
@@ -256,3 +258,91 @@ def test_openapi_schema_documents_the_routes(api: TestClient) -> None:
     assert "/api/v1/namespaces/{namespace}/tasks" in paths
     assert "create tasks" in paths["/api/v1/namespaces/{namespace}/tasks"]["post"]["summary"]
     assert "SubmitTask" in schema["components"]["schemas"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", f"{TASKS}", {"type": "x"}),
+        ("POST", f"{TASKS}/batch", {"tasks": [{"type": "x"}]}),
+        ("POST", f"{TASKS}/some-id/cancel", None),
+        ("POST", f"{TASKS}/some-id/requeue", None),
+        ("DELETE", f"{TASKS}/some-id", None),
+        ("GET", "/api/v1/namespaces/team-a/queues", None),
+        ("GET", "/api/v1/namespaces/team-a/queues/default", None),
+        ("POST", "/api/v1/namespaces/team-a/queues/default/pause", None),
+        ("POST", "/api/v1/namespaces/team-a/queues/default/resume", None),
+        ("GET", "/api/v1/namespaces/team-a/queues/default/dead", None),
+        ("POST", "/api/v1/namespaces/team-a/queues/default/dead/requeue", {"all": True}),
+        ("DELETE", "/api/v1/namespaces/team-a/queues/default/dead", None),
+    ],
+)
+def test_every_route_but_get_is_refused_to_a_reader(
+    api: TestClient, method: str, path: str, body: object
+) -> None:
+    """bob may only `get tasks` in team-a: everything else is a 403 naming what is missing."""
+    r = api.request(method, path, json=body, headers=BOB_H)
+    assert r.status_code == 403, r.text
+    assert r.json()["detail"].startswith("bob may not ")
+
+
+def test_payload_fields_from_secrets_never_leave_the_server(
+    api: TestClient, redis_url: str
+) -> None:
+    request = TaskRequest(
+        type="login", payload={"user": "u", "password": "hunter2-secret"}, redact=("password",)
+    )
+    [task_id] = broker_call(redis_url, lambda b: b.enqueue_many("team-a", "default", [request]))
+    got = api.get(f"{TASKS}/{task_id}", headers=ALICE_H).json()
+    assert got["payload"] == {"user": "u", "password": "<redacted>"}
+    api.cookies.set("taskorch_token", "alice-token")
+    page = api.get(f"/ns/team-a/tasks/{task_id}?queue=default").text
+    assert "hunter2-secret" not in page and "&lt;redacted&gt;" in page
+
+
+def test_requeue_all_takes_the_dead_letter_queue_as_it_was(api: TestClient, redis_url: str) -> None:
+    """A task that dies again while requeue-all runs (a later dead-letter time) is not
+    requeued again by the same call: the call ends whatever the handlers do."""
+    import asyncio
+
+    async def kill_all(n: int) -> list[str]:
+        broker = Broker.from_url(redis_url)
+        claimed = (await broker.settle_claim("team-a", "default", "w", [], n)).claimed
+        dead = [Settlement(a.id, a.fence, Outcome.dead, '{"type": "Boom"}') for a in claimed]
+        await broker.settle_claim("team-a", "default", "w", dead, 0)
+        await broker.redis.zadd(  # the first one "died again" after the call began
+            keys.dead("team-a", "default"), {claimed[0].id: now_ms() + 60_000}, xx=True
+        )
+        await broker.close()
+        return [a.id for a in claimed]
+
+    api.post(f"{TASKS}/batch", json={"tasks": [{"type": "x"}] * 3}, headers=ALICE_H)
+    ids = asyncio.run(kill_all(3))
+    r = api.post(
+        "/api/v1/namespaces/team-a/queues/default/dead/requeue", json={"all": True}, headers=ALICE_H
+    )
+    assert sorted(r.json()["requeued"]) == sorted(ids[1:])
+    dead = api.get("/api/v1/namespaces/team-a/queues/default/dead", headers=ALICE_H).json()
+    assert [t["id"] for t in dead] == ids[:1]
+
+
+def test_a_task_object_or_workflow_step_is_deleted_through_its_object(
+    api: TestClient, redis_url: str
+) -> None:
+    import asyncio
+
+    requests = [TaskRequest(type="x", cr_name="nightly"), TaskRequest(type="x", workflow="wf/uid")]
+    ids = broker_call(redis_url, lambda b: b.enqueue_many("team-a", "default", requests))
+
+    async def finish() -> None:
+        broker = Broker.from_url(redis_url)
+        claimed = (await broker.settle_claim("team-a", "default", "w", [], 2)).claimed
+        ok = [Settlement(a.id, a.fence, Outcome.ok) for a in claimed]
+        await broker.settle_claim("team-a", "default", "w", ok, 0)
+        await broker.close()
+
+    asyncio.run(finish())
+    r = api.delete(f"{TASKS}/{ids[0]}", headers=ALICE_H)
+    assert r.status_code == 409 and "delete that object instead" in r.json()["detail"]
+    r = api.delete(f"{TASKS}/{ids[1]}", headers=ALICE_H)
+    assert r.status_code == 409 and "a step of workflow wf" in r.json()["detail"]

@@ -26,9 +26,11 @@ async def main():
         ok = await client.enqueue("square", {"value": 3})
         bad = await client.enqueue("always_fail", None, retry={"maxAttempts": 1})
         logged = await client.enqueue("log_line")
-        print(json.dumps({"ok": ok, "bad": bad, "logged": logged}), flush=True)
+        synced = await client.enqueue("log_line_sync")
+        print(json.dumps({"ok": ok, "bad": bad, "logged": logged, "sync": synced}), flush=True)
         assert await client.wait(ok, timeout=30) == 9
         await client.wait(logged, timeout=30)
+        await client.wait(synced, timeout=30)
 
 asyncio.run(main())
 tracing.shutdown()
@@ -99,13 +101,18 @@ def test_one_task_is_one_trace_across_the_sdk_and_the_worker(
         assert bad_run.trace_id != trace_id  # another task, another trace
 
         # The handler's own log line, as JSON, names its task and its trace.
-        def handler_line() -> dict[str, str] | None:
+        def handler_line(text: str = "hello from the handler") -> dict[str, str] | None:
             for line in worker.logs().splitlines():
-                if "hello from the handler" in line:
+                if text in line:
                     return json.loads(line)  # type: ignore[no-any-return]
             return None
 
         record = wait_for(handler_line, timeout=30, what="the handler's log line")
+        # a sync handler runs in a thread: the attempt's context goes with it
+        synced = wait_for(
+            lambda: handler_line("hello from the sync handler"), timeout=30, what="sync line"
+        )
+        assert synced["task_id"] == ids["sync"] and len(synced["trace_id"]) == 32
         logged_run = wait_for(
             lambda: next(
                 (

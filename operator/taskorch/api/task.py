@@ -34,9 +34,8 @@ Priority = Annotated[
 
 # A handler's name, and a queue's (it is part of Redis key names): one definition for Tasks,
 # Workflow steps and the SDK.
-TaskType = Annotated[
-    str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$")
-]
+TASK_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
+TaskType = Annotated[str, Field(min_length=1, max_length=253, pattern=TASK_TYPE_PATTERN)]
 QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
 QueueName = Annotated[str, Field(max_length=63, pattern=QUEUE_PATTERN)]
 ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=256)]
@@ -382,9 +381,16 @@ def runnable(spec: TaskSpec, payload: JsonValue = None) -> tuple[str, JsonValue]
     if spec.command is None:
         assert spec.type is not None  # the model's check (and the CRD's CEL rule)
         return spec.type, payload
-    command: dict[str, JsonValue] = {"argv": list(spec.command)}
-    if spec.env:
-        command["env"] = {e.name: e.value for e in spec.env}
-    if spec.working_dir:
-        command["workingDir"] = spec.working_dir
-    return COMMAND_TYPE, command
+    return COMMAND_TYPE, command_payload(spec.command, spec.env, spec.working_dir)
+
+
+def command_payload(
+    argv: list[str], env: list[EnvVar] | None, working_dir: str | None
+) -> dict[str, JsonValue]:
+    """What a command task carries to the worker (worker/commands.py CommandPayload)."""
+    command: dict[str, JsonValue] = {"argv": list(argv)}
+    if env:
+        command["env"] = {e.name: e.value for e in env}
+    if working_dir:
+        command["workingDir"] = working_dir
+    return command

@@ -16,7 +16,9 @@ from pydantic.config import JsonDict
 
 from taskorch.api.base import ApiModel, Condition, Duration
 from taskorch.api.task import (
+    Command,
     ConcurrencyKey,
+    EnvVar,
     MaxConcurrent,
     Priority,
     QueueName,
@@ -46,13 +48,38 @@ class WorkflowStep(ApiModel):
                     "rule": "!has(self.dependsOn) || !(self.name in self.dependsOn)",
                     "message": "a step cannot depend on itself",
                     "fieldPath": ".dependsOn",
-                }
+                },
+                {
+                    "rule": "has(self.type) != has(self.command)",
+                    "message": "set exactly one of type (a handler) and command",
+                },
+                {
+                    "rule": "has(self.command) ? !has(self.payload)"
+                    " : !has(self.env) && !has(self.workingDir)",
+                    "message": "a command step takes env and workingDir, not payload; a handler "
+                    "step (type) takes payload, not env or workingDir",
+                },
             ]
         }
     }
 
     name: StepName = Field(description="Unique within the workflow (steps and finally).")
-    type: TaskType = Field(description="Handler that runs the step, as registered in the workers.")
+    type: TaskType | None = Field(
+        default=None,
+        description="Handler that runs the step, as registered in the workers (exactly one of "
+        "type and command).",
+    )
+    command: Command | None = Field(
+        default=None,
+        description="Run this argv on a worker started with --allow-commands instead of a "
+        "handler; its strings may reference upstream results like a payload's.",
+    )
+    env: list[EnvVar] | None = Field(
+        default=None, max_length=64, description="Environment variables of the command."
+    )
+    working_dir: str | None = Field(
+        default=None, max_length=4096, description="Directory the command runs in."
+    )
     payload: dict[str, JsonValue] | None = Field(
         default=None,
         description="The handler's input. A string `{{ steps.NAME.result.FIELD }}` is replaced "
@@ -85,6 +112,17 @@ class WorkflowStep(ApiModel):
         "the queue, this step's items included, in order.",
     )
     max_concurrent: MaxConcurrent = 1
+
+    @model_validator(mode="after")
+    def _one_kind_of_work(self) -> WorkflowStep:
+        # The CEL rules above, for the operator's own validation of a stored spec.
+        if (self.type is None) == (self.command is None):
+            raise ValueError(f"step {self.name}: set exactly one of type (a handler) and command")
+        if self.command is not None and self.payload is not None:
+            raise ValueError(f"step {self.name}: a command step takes env, not payload")
+        if self.command is None and (self.env or self.working_dir):
+            raise ValueError(f"step {self.name}: env and workingDir go with a command")
+        return self
 
 
 # Names unique per list (a list-map keyed by name: the API server refuses a duplicate itself).

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from taskorch import tracing
 from taskorch.api.base import GROUP, VERSION, duration_seconds
 from taskorch.api.reasons import Reason
-from taskorch.api.task import priority_level
+from taskorch.api.task import COMMAND_TYPE, command_payload, priority_level
 from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES, WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
@@ -303,15 +303,20 @@ class WorkflowRunner:
             step = steps[ref.step]
             items = json.loads(saved.get(f"items:{ref.step}", "[]"))
             item = items[ref.item] if ref.item is not None else None
+            if step.command is not None:
+                type_ = COMMAND_TYPE
+                template = command_payload(step.command, step.env, step.working_dir)
+            else:
+                type_, template = step.type or "", step.payload or {}
             try:
-                payload = render(step.payload or {}, results, item, ref.item)
+                payload = render(template, results, item, ref.item)
             except MissingReference as e:
                 failed[f"error:{ref.step}"] = str(e)
                 continue
             retry = step.retry.model_dump(by_alias=True, exclude_none=True) if step.retry else None
             by_queue[step.queue or spec.queue].append(
                 TaskRequest(
-                    type=step.type,
+                    type=type_,
                     payload=payload,
                     id=item_id(uid, ref.step, ref.item),
                     priority=priority_level(step.priority or spec.priority),

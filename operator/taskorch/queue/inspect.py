@@ -92,6 +92,16 @@ class Inspector:
         ids = await self.redis.zrange(keys.dead(namespace, queue), offset, offset + limit - 1)
         return [text(i) for i in ids]
 
+    async def dead_ids_until(
+        self, namespace: str, queue: str, until_ms: int, offset: int = 0, limit: int = 100
+    ) -> list[str]:
+        """A page of the ids dead-lettered at or before `until_ms`, oldest first: a snapshot
+        that a task dying again later (with a later score) does not join."""
+        ids = await self.redis.zrange(
+            keys.dead(namespace, queue), "-inf", until_ms, byscore=True, offset=offset, num=limit
+        )
+        return [text(i) for i in ids]
+
     async def dead_tasks(
         self, namespace: str, queue: str, offset: int = 0, limit: int = 100
     ) -> list[TaskInfo]:

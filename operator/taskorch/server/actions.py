@@ -10,17 +10,11 @@ from datetime import UTC, datetime
 from taskorch.api.schedule import child_body, child_kind
 from taskorch.controller.workflows import RETRY_ANNOTATION
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import TERMINAL, TaskInfo
+from taskorch.queue.inspect import Inspector
+from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef, now_ms
 from taskorch.server.auth import Action, Caller, Forbidden, Gate
+from taskorch.server.errors import Conflict, Missing
 from taskorch.server.kube import KubeReviewer
-
-
-class Conflict(Exception):
-    """The action does not apply to the object as it is (409)."""
-
-
-class Missing(Exception):
-    """No such task or object (404)."""
 
 
 @dataclass
@@ -72,9 +66,32 @@ class Actor:
     async def delete(self, caller: Caller, namespace: str, queue: str, task_id: str) -> str:
         await self._check(caller, "delete", "tasks", namespace)
         info = await self.task(namespace, queue, task_id)
+        if info.workflow:
+            # A step's record is the workflow's memory of it: without it the step runs again.
+            raise Conflict(f"task {task_id} is a step of workflow {info.workflow.split('/')[0]}")
+        if info.cr_name:
+            raise Conflict(
+                f"task {task_id} belongs to task/{info.cr_name}: delete that object instead"
+            )
         if not await self.broker.delete_finished(namespace, queue, task_id):
             raise Conflict(f"task {task_id} is {info.state}: cancel it before deleting it")
         return f"task {task_id} deleted"
+
+    async def requeue_dead(
+        self, caller: Caller, namespace: str, queue: str, type_: str | None = None
+    ) -> list[str]:
+        """Requeue every task dead-lettered until now (of `type_` only, if given). A snapshot:
+        a requeued task that dies again meanwhile is not requeued again by this call."""
+        await self._check(caller, "update", "tasks", namespace)
+        inspector = Inspector(self.broker)
+        until, revived, offset = now_ms(), [], 0
+        while page := await inspector.dead_ids_until(namespace, queue, until, offset, 500):
+            infos = await self.broker.get_many([TaskRef(namespace, queue, i) for i in page])
+            wanted = [i.id for i in infos if i is not None and (not type_ or i.type == type_)]
+            done = await self.broker.requeue_dead(namespace, queue, wanted)
+            revived += done
+            offset += len(page) - len(done)  # the requeued left the DLQ; the others stay
+        return revived
 
     async def set_paused(
         self, caller: Caller, token: str | None, namespace: str, queue: str, paused: bool
@@ -102,6 +119,8 @@ class Actor:
         self, caller: Caller, token: str | None, namespace: str, name: str
     ) -> str:
         kube, token = self._token(caller, token)
+        # The server reads the Schedule: the caller must be allowed to read it too.
+        await self._check(caller, "get", "schedules", namespace)
         schedule = await kube.get("schedules", namespace, name)
         if schedule is None:
             raise Missing(f"no schedule {namespace}/{name}")

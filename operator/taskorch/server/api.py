@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Path, Query, Request
 
 from taskorch import tracing
-from taskorch.api.task import QUEUE_PATTERN
+from taskorch.api.task import QUEUE_PATTERN, TASK_TYPE_PATTERN
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.queue.model import TERMINAL, TaskInfo, TaskRequest
@@ -318,32 +318,26 @@ async def list_dead(
 @router.post(
     "/namespaces/{namespace}/queues/{queue}/dead/requeue",
     summary="Requeue dead tasks: the listed ids, or with all=true every one, optionally only "
-    "of one type (RBAC: update tasks)",
+    "of one type: those dead-lettered before the call (RBAC: update tasks)",
     dependencies=[Depends(allowed("update", "tasks"))],
 )
 async def requeue_dead(
+    request: Request,
     namespace: Namespace,
     queue: Queue,
+    who: CallerDep,
     b: BrokerDep,
     ids: Annotated[list[str] | None, Body(max_length=MAX_PAGE, embed=True)] = None,
     all: Annotated[bool, Body(embed=True)] = False,
-    type: Annotated[str | None, Body(embed=True)] = None,
+    type: Annotated[str | None, Body(embed=True, pattern=TASK_TYPE_PATTERN, max_length=253)] = None,
 ) -> dict[str, Any]:
     if bool(ids) == all:
         raise HTTPException(
             422, [{"loc": ["body", "ids"], "msg": "give ids, or all=true", "type": "value_error"}]
         )
     if ids:
-        revived = await b.requeue_dead(namespace, queue, ids)
-        return {"requeued": revived}
-    inspector = Inspector(b)
-    revived, offset = [], 0
-    while page := await inspector.dead_tasks(namespace, queue, offset, MAX_PAGE):
-        wanted = [t.id for t in page if type is None or t.type == type]
-        done = await b.requeue_dead(namespace, queue, wanted)
-        revived += done
-        offset += len(page) - len(done)  # requeued tasks left the DLQ; skipped ones stay
-    return {"requeued": revived}
+        return {"requeued": await b.requeue_dead(namespace, queue, ids)}
+    return {"requeued": await actor(request).requeue_dead(who, namespace, queue, type)}
 
 
 @router.delete(

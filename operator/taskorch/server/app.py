@@ -18,11 +18,12 @@ from taskorch import __version__
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.server import api, dashboard
-from taskorch.server.actions import Actor, Conflict, Missing
+from taskorch.server.actions import Actor
 from taskorch.server.auth import Forbidden, Gate, Unauthenticated
 from taskorch.server.dashboard import LoginRequired
+from taskorch.server.errors import Conflict, Invalid, KubeUnavailable, Missing
 from taskorch.server.history import History
-from taskorch.server.kube import KubeReviewer, NotFound
+from taskorch.server.kube import KubeReviewer
 from taskorch.settings import Settings
 
 log = logging.getLogger("taskorch.server")
@@ -83,9 +84,16 @@ def create_app(
         )
 
     @app.exception_handler(Missing)
-    @app.exception_handler(NotFound)
-    async def missing(_: Request, e: Exception) -> JSONResponse:
+    async def missing(_: Request, e: Missing) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, 404)
+
+    @app.exception_handler(Invalid)
+    async def invalid(_: Request, e: Invalid) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 422)
+
+    @app.exception_handler(KubeUnavailable)
+    async def kube_down(_: Request, e: KubeUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, 503, {"Retry-After": "1"})
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, e: Conflict) -> JSONResponse:

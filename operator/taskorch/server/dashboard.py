@@ -6,33 +6,38 @@ caller's token (from the login form's cookie, or an Authorization header) and th
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from redis.exceptions import RedisError
 
-from taskorch.api.task import QUEUE_PATTERN
 from taskorch.queue.inspect import LISTABLE, Inspector
-from taskorch.queue.model import TERMINAL, TaskInfo, TaskRef
+from taskorch.queue.model import TERMINAL, TaskInfo
 from taskorch.queue.workers import read_workers
-from taskorch.server.actions import Actor, Conflict, Missing
+from taskorch.server.actions import Actor
+from taskorch.server.api import Namespace, Queue, QueueParam, TaskId
 from taskorch.server.auth import Action, Caller, Forbidden, Gate, Unauthenticated, token_of
+from taskorch.server.errors import Conflict, Invalid, KubeUnavailable, Missing
 from taskorch.server.graph import NODE_H, NODE_W, layout
 from taskorch.server.history import History, polyline
-from taskorch.server.kube import KubeReviewer, NotFound
+from taskorch.server.kube import KubeReviewer
 from taskorch.server.views import TaskView
 
 TOKEN_COOKIE = "taskorch_token"
 PAGE = 50
 LIVE_SECONDS = 1.0
-NAMESPACE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+StateFilter = Literal["recent", "queued", "active", "delayed", "dead", "done"]
+TypeFilter = Annotated[str, Query(pattern=r"^([A-Za-z_][A-Za-z0-9_.:-]*)?$", max_length=253)]
+ObjectName = Annotated[str, Path(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)]
 
 templates = Jinja2Templates(directory=str(files("taskorch.server") / "templates"))
 router = APIRouter(include_in_schema=False)
@@ -97,30 +102,40 @@ def _fragment(template: str, **context: Any) -> str:
     return templates.get_template(template).render(now=time.time(), **context)
 
 
-def _live(request: Request, event: str, render: Callable[[], Awaitable[str]]) -> Response:
-    """An SSE stream that pushes `render()`'s HTML as `event` whenever it changed. Each round
-    re-renders under the caller's RBAC (decisions cached for seconds), so revoked access ends
-    the stream."""
+def _live(request: Request, event: str, render: Callable[[Caller], Awaitable[str]]) -> Response:
+    """An SSE stream that pushes `render(caller)`'s HTML as `event` whenever it changed. Every
+    round authenticates the token again and re-renders under the caller's RBAC (both answers
+    cached for seconds): an expired or revoked token, or a revoked permission, ends the
+    stream with the reason as its last event."""
 
     async def stream() -> AsyncIterator[str]:
         shown = None
         while not await request.is_disconnected():
+            ended = False
             try:
-                html = await render()
+                html = await render(await _caller(request))
             except (Forbidden, LoginRequired, Unauthenticated) as e:
-                html = f'<p class="error">{type(e).__name__}: {e}</p>'
+                html, ended = _error_html(f"{type(e).__name__}: {e}"), True
             except RedisError as e:
-                html = f'<p class="error">Redis is unavailable: {e}</p>'
+                html = _error_html(f"Redis is unavailable: {e}")
+            except (KubeUnavailable, Missing) as e:
+                html = _error_html(str(e))
             if html != shown:
                 shown = html
-                yield f"event: {event}\n" + "".join(f"data: {line}\n" for line in html.split("\n"))
+                yield f"event: {event}\n" + "".join(f"data: {line}\n" for line in html.splitlines())
                 yield "\n"
             else:
                 yield ": keep-alive\n\n"
+            if ended:
+                return
             await asyncio.sleep(LIVE_SECONDS)
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def _error_html(message: str) -> str:
+    return f'<p class="error">{_escape(message)}</p>'
 
 
 def _flash(message: str, error: bool = False) -> HTMLResponse:
@@ -129,7 +144,7 @@ def _flash(message: str, error: bool = False) -> HTMLResponse:
 
 
 def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return html.escape(text, quote=True)
 
 
 async def _act(request: Request, do: Callable[[Caller, str | None], Awaitable[str]]) -> Response:
@@ -140,7 +155,7 @@ async def _act(request: Request, do: Callable[[Caller, str | None], Awaitable[st
     caller = await _caller(request)
     try:
         return _flash(await do(caller, _token(request)))
-    except (Forbidden, Conflict, Missing, NotFound) as e:
+    except (Forbidden, Unauthenticated, Conflict, Missing, Invalid, KubeUnavailable) as e:
         return _flash(str(e), error=True)
 
 
@@ -148,8 +163,8 @@ async def _act(request: Request, do: Callable[[Caller, str | None], Awaitable[st
 
 
 @router.get("/login")
-async def login_form(request: Request, error: str = "") -> HTMLResponse:
-    return templates.TemplateResponse(request, "login.html", {"error": error, "caller": None})
+async def login_form(request: Request) -> HTMLResponse:
+    return templates.TemplateResponse(request, "login.html", {"error": "", "caller": None})
 
 
 @router.post("/login")
@@ -221,27 +236,28 @@ async def namespace_home(ns: str) -> Response:
 def _section(
     name: str, title: str, render: Callable[[Request, Caller, str], Awaitable[str]]
 ) -> None:
-    """A namespace's page of one live section: /ns/NS/NAME renders it, /ns/NS/NAME/live pushes
+    """A namespace's page of one live section: /ns/NS/NAME renders it, /ns/NS/live/NAME pushes
     it again whenever it changes."""
 
-    async def page(request: Request, ns: str) -> Response:
+    async def page(request: Request, ns: Namespace) -> Response:
         caller = await _caller(request)
         body = await render(request, caller, ns)
         return _page(request, "section.html", caller, ns=ns, body=body, tab=name, title=title)
 
-    async def live(request: Request, ns: str) -> Response:
-        caller = await _caller(request)
-        return _live(request, name, lambda: render(request, caller, ns))
+    async def live(request: Request, ns: Namespace) -> Response:
+        await _caller(request)  # no token: to the login form, not an empty stream
+        return _live(request, name, lambda caller: render(request, caller, ns))
 
     router.add_api_route(f"/ns/{{ns}}/{name}", page, methods=["GET"])
-    router.add_api_route(f"/ns/{{ns}}/{name}/live", live, methods=["GET"])
+    # /live/NAME, not NAME/live: a Workflow may be called "live"
+    router.add_api_route(f"/ns/{{ns}}/live/{name}", live, methods=["GET"])
 
 
 _section("queues", "Queues", _queues_html)
 
 
 @router.post("/ns/{ns}/queues/{queue}/{verb}")
-async def queue_action(request: Request, ns: str, queue: str, verb: str) -> Response:
+async def queue_action(request: Request, ns: Namespace, queue: Queue, verb: str) -> Response:
     actor = request.app.state.actor
     if verb not in ("pause", "resume"):
         return HTMLResponse("unknown action", 404)
@@ -289,10 +305,10 @@ async def _tasks_html(
 @router.get("/ns/{ns}/tasks")
 async def tasks_page(
     request: Request,
-    ns: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
-    state: str = "recent",
-    type: str = "",
+    ns: Namespace,
+    queue: QueueParam = "default",
+    state: StateFilter = "recent",
+    type: TypeFilter = "",
     id: str = "",
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
@@ -312,23 +328,25 @@ async def tasks_page(
         states=("recent", *LISTABLE),
         type_=type,
         body=body,
-        live=f"/ns/{ns}/tasks/live?{query}",
+        live=f"/ns/{ns}/live/tasks?{query}",
         tab="tasks",
     )
 
 
-@router.get("/ns/{ns}/tasks/live")
+@router.get("/ns/{ns}/live/tasks")
 async def tasks_live(
     request: Request,
-    ns: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
-    state: str = "recent",
-    type: str = "",
+    ns: Namespace,
+    queue: QueueParam = "default",
+    state: StateFilter = "recent",
+    type: TypeFilter = "",
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
-    caller = await _caller(request)
+    await _caller(request)
     return _live(
-        request, "tasks", lambda: _tasks_html(request, caller, ns, queue, state, type, offset)
+        request,
+        "tasks",
+        lambda caller: _tasks_html(request, caller, ns, queue, state, type, offset),
     )
 
 
@@ -343,9 +361,9 @@ async def _task_html(request: Request, caller: Caller, ns: str, queue: str, task
 @router.get("/ns/{ns}/tasks/{task_id}")
 async def task_page(
     request: Request,
-    ns: str,
-    task_id: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
+    ns: Namespace,
+    task_id: TaskId,
+    queue: QueueParam = "default",
 ) -> Response:
     caller = await _caller(request)
     body = await _task_html(request, caller, ns, queue, task_id)
@@ -357,21 +375,21 @@ async def task_page(
 @router.get("/ns/{ns}/tasks/{task_id}/live")
 async def task_live(
     request: Request,
-    ns: str,
-    task_id: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
+    ns: Namespace,
+    task_id: TaskId,
+    queue: QueueParam = "default",
 ) -> Response:
-    caller = await _caller(request)
-    return _live(request, "task", lambda: _task_html(request, caller, ns, queue, task_id))
+    await _caller(request)
+    return _live(request, "task", lambda caller: _task_html(request, caller, ns, queue, task_id))
 
 
 @router.post("/ns/{ns}/tasks/{task_id}/{verb}")
 async def task_action(
     request: Request,
-    ns: str,
-    task_id: str,
+    ns: Namespace,
+    task_id: TaskId,
     verb: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
+    queue: QueueParam = "default",
 ) -> Response:
     actor: Actor = request.app.state.actor
     if verb == "cancel":
@@ -389,9 +407,9 @@ async def task_action(
 @router.get("/ns/{ns}/dead")
 async def dead_page(
     request: Request,
-    ns: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
-    type: str = "",
+    ns: Namespace,
+    queue: QueueParam = "default",
+    type: TypeFilter = "",
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
     caller = await _caller(request)
@@ -405,7 +423,8 @@ async def dead_page(
         queues=await _queue_names(request, ns),
         type_=type,
         body=body,
-        live=f"/ns/{ns}/tasks/live?queue={queue}&state=dead&type={type}&offset={offset}",
+        live=f"/ns/{ns}/live/tasks?"
+        + urlencode({"queue": queue, "state": "dead", "type": type, "offset": offset}),
         tab="dead",
     )
 
@@ -413,23 +432,16 @@ async def dead_page(
 @router.post("/ns/{ns}/dead/{verb}")
 async def dead_action(
     request: Request,
-    ns: str,
+    ns: Namespace,
     verb: str,
-    queue: Annotated[str, Query(pattern=QUEUE_PATTERN)] = "default",
-    type: str = "",
+    queue: QueueParam = "default",
+    type: TypeFilter = "",
 ) -> Response:
-    gate, actor, inspector, _, _ = _state(request)
+    gate, actor, _, _, _ = _state(request)
 
     async def requeue_all(caller: Caller, _: str | None) -> str:
-        await gate.check(caller, Action("update", "tasks", ns))
-        revived, offset = 0, 0
-        while page := await inspector.dead_ids(ns, queue, offset, 500):
-            infos = await actor.broker.get_many([TaskRef(ns, queue, i) for i in page])
-            wanted = [i.id for i in infos if i is not None and (not type or i.type == type)]
-            done = await actor.broker.requeue_dead(ns, queue, wanted)
-            revived += len(done)
-            offset += len(page) - len(done)
-        return f"{revived} dead task(s) requeued" + (f" of type {type}" if type else "")
+        revived = await actor.requeue_dead(caller, ns, queue, type or None)
+        return f"{len(revived)} dead task(s) requeued" + (f" of type {type}" if type else "")
 
     async def purge(caller: Caller, _: str | None) -> str:
         await gate.check(caller, Action("delete", "tasks", ns))
@@ -475,20 +487,20 @@ async def _workflow_html(request: Request, caller: Caller, ns: str, name: str) -
 
 
 @router.get("/ns/{ns}/workflows/{name}")
-async def workflow_page(request: Request, ns: str, name: str) -> Response:
+async def workflow_page(request: Request, ns: Namespace, name: ObjectName) -> Response:
     caller = await _caller(request)
     body = await _workflow_html(request, caller, ns, name)
     return _page(request, "workflow.html", caller, ns=ns, name=name, body=body, tab="workflows")
 
 
 @router.get("/ns/{ns}/workflows/{name}/live")
-async def workflow_live(request: Request, ns: str, name: str) -> Response:
-    caller = await _caller(request)
-    return _live(request, "workflow", lambda: _workflow_html(request, caller, ns, name))
+async def workflow_live(request: Request, ns: Namespace, name: ObjectName) -> Response:
+    await _caller(request)
+    return _live(request, "workflow", lambda caller: _workflow_html(request, caller, ns, name))
 
 
 @router.post("/ns/{ns}/workflows/{name}/retry")
-async def workflow_retry(request: Request, ns: str, name: str) -> Response:
+async def workflow_retry(request: Request, ns: Namespace, name: ObjectName) -> Response:
     actor: Actor = request.app.state.actor
     return await _act(request, lambda c, t: actor.retry_workflow(c, t, ns, name))
 
@@ -519,7 +531,7 @@ _section("schedules", "Schedules", _schedules_html)
 
 
 @router.post("/ns/{ns}/schedules/{name}/{verb}")
-async def schedule_action(request: Request, ns: str, name: str, verb: str) -> Response:
+async def schedule_action(request: Request, ns: Namespace, name: ObjectName, verb: str) -> Response:
     actor: Actor = request.app.state.actor
     if verb == "trigger":
         return await _act(request, lambda c, t: actor.trigger_schedule(c, t, ns, name))

@@ -51,21 +51,24 @@ def layout(spec: dict[str, Any], status: dict[str, Any] | None) -> Layout:
     steps = list(spec.get("steps") or [])
     finals = list(spec.get("finally") or [])
     summaries = {s["name"]: s for s in (status or {}).get("steps") or []}
-    deps = {s["name"]: list(s.get("dependsOn") or []) for s in steps}
+    deps = {s["name"]: list(s.get("dependsOn") or []) for s in [*steps, *finals]}
+    final_names = {f["name"] for f in finals}
     depth: dict[str, int] = {}
 
     def depth_of(name: str, seen: frozenset[str] = frozenset()) -> int:
+        # finally steps depend only on each other (the model says so), after every step
         if name not in depth:
-            known = [d for d in deps.get(name, []) if d in deps and d not in seen]
+            group = final_names if name in final_names else deps.keys() - final_names
+            known = [d for d in deps.get(name, []) if d in group and d not in seen]
             depth[name] = 1 + max((depth_of(d, seen | {name}) for d in known), default=-1)
         return depth[name]
 
     columns: dict[int, list[str]] = {}
     for s in steps:
         columns.setdefault(depth_of(s["name"]), []).append(s["name"])
-    if finals:
-        columns[max(columns, default=-1) + 1] = [f["name"] for f in finals]
-    final_names = {f["name"] for f in finals}
+    after = max(columns, default=-1) + 1
+    for f in finals:
+        columns.setdefault(after + depth_of(f["name"]), []).append(f["name"])
     pos: dict[str, tuple[int, int]] = {}
     nodes = []
     for col, names in sorted(columns.items()):

@@ -47,6 +47,9 @@ class History:
                 await self.sample()
             except (RedisError, OSError) as e:
                 log.warning("history: cannot sample queues: %s", e)
+            except Exception:
+                # The charts are a convenience: one bad sample must not stop them for good.
+                log.exception("history: sampling failed")
             await asyncio.sleep(self.interval)
 
     async def sample(self) -> None:
@@ -70,14 +73,17 @@ class History:
             self._series.setdefault(ref, deque(maxlen=self.points)).append(
                 Point(now, finished / seconds, failed / ended if ended else 0.0)
             )
+        seen: dict[tuple[str, str], tuple[float, int]] = {}
         for ns in {ns for ns, _ in queues}:
             for w in await read_workers(redis, ns):
                 key = (ns, w.name)
-                prev = self._workers.get(key)
-                self._workers[key] = (now, w.finished)
-                if prev is not None:
+                seen[key] = (now, w.finished)
+                if (prev := self._workers.get(key)) is not None:
                     rate = max(0, w.finished - prev[1]) / max(now - prev[0], 1e-3)
                     self.worker_rate[key] = rate
+        # Workers come and go with their pods: keep only the live ones.
+        self._workers = seen
+        self.worker_rate = {k: v for k, v in self.worker_rate.items() if k in seen}
 
 
 def polyline(values: list[float], width: int, height: int, top: float | None = None) -> str:

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from taskorch.api.base import GROUP, VERSION
 from taskorch.server.auth import Action, Caller, Forbidden, Unauthenticated
+from taskorch.server.errors import Conflict, Invalid, KubeUnavailable, Missing
 
 
 class KubeReviewer:
@@ -71,6 +72,7 @@ class KubeReviewer:
         return bool(out.status.allowed), str(out.status.reason or "")
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """An object read with the server's own account; None when there is none."""
         try:
             obj: dict[str, Any] = await self._run(
                 self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
@@ -78,13 +80,16 @@ class KubeReviewer:
         except ApiException as e:
             if e.status == 404:
                 return None
-            raise
+            raise _server_read_error(e, plural, namespace) from e
         return obj
 
     async def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        out = await self._run(
-            self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
-        )
+        try:
+            out = await self._run(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+        except ApiException as e:
+            raise _server_read_error(e, plural, namespace) from e
         items: list[dict[str, Any]] = out.get("items", [])
         return items
 
@@ -127,13 +132,20 @@ class KubeReviewer:
             if e.status == 403:
                 raise Forbidden(message) from e
             if e.status == 404:
-                raise NotFound(message) from e
-            raise
+                raise Missing(message) from e
+            if e.status == 409:
+                raise Conflict(message) from e
+            if e.status in (400, 422):
+                raise Invalid(message) from e
+            raise KubeUnavailable(f"the Kubernetes API answered {e.status}: {message}") from e
         return out
 
 
-class NotFound(Exception):
-    """The object the caller named does not exist."""
+def _server_read_error(e: ApiException, plural: str, namespace: str) -> Exception:
+    if e.status == 403:
+        # e.g. operator.watchNamespaces: the server's read Role exists only there
+        return Forbidden(f"the server's own account may not read {plural} in {namespace}")
+    return KubeUnavailable(f"the Kubernetes API answered {e.status}: {_message(e)}")
 
 
 def _message(e: ApiException) -> str:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from taskorch.api.reasons import Reason
 from taskorch.api.task import COMMAND_TYPE
@@ -33,6 +34,14 @@ class CommandPayload(BaseModel):
     argv: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = Field(default=None, alias="workingDir")
+
+    @field_validator("argv", mode="before")
+    @classmethod
+    def _upstream_values_as_text(cls, argv: Any) -> Any:
+        # A workflow step's `{{ steps.x.result.count }}` may render to a number or an object.
+        if isinstance(argv, list):
+            return [v if isinstance(v, str) else json.dumps(v) for v in argv]
+        return argv
 
 
 class CommandFailed(RuntimeError):

@@ -10,6 +10,7 @@ no work that would only wait for a thread) and reports them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -54,7 +55,8 @@ class HandlerThreads:
             finally:
                 loop.call_soon_threadsafe(self._returned, call)
 
-        future = loop.run_in_executor(self.pool, run)
+        # The attempt's context (its task id for the logs, its span) goes with it to the thread.
+        future = loop.run_in_executor(self.pool, contextvars.copy_context().run, run)
         try:
             waiting = asyncio.ensure_future(started.wait())
             try:
