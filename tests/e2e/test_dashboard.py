@@ -194,15 +194,17 @@ def test_dashboard_live_tasks_dlq_requeue_and_workflow_graph(
     )
     assert status == 201
 
-    def throughput_drawn(b: WebDriver) -> bool:
-        lines = b.find_elements(
-            By.CSS_SELECTOR, '#queue-table tr[data-queue="default"] polyline.tput'
-        )
+    def drawn_above_zero(b: WebDriver, row: str) -> bool:
+        lines = b.find_elements(By.CSS_SELECTOR, f"{row} polyline.tput")
         return bool(lines) and any(
             float(p.split(",")[1]) < 27 for p in (lines[0].get_attribute("points") or "").split()
         )
 
-    until(browser, "a throughput line above zero", throughput_drawn)
+    queue_row = '#queue-table tr[data-queue="default"]'
+    until(browser, "the queue's throughput", lambda b: drawn_above_zero(b, queue_row))
+    # per task type too, from the workers' own counts
+    type_row = '#type-table tr[data-type="square"]'
+    until(browser, "the square type's attempts", lambda b: drawn_above_zero(b, type_row))
     shot(browser, "queues")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskorch.server.graph import NODE_H, NODE_W, layout
 from taskorch.server.history import polyline
 from taskorch.server.views import REDACTED, redacted
@@ -70,3 +72,29 @@ def test_finally_steps_are_laid_out_by_their_own_dependencies() -> None:
     at = {n.name: n for n in layout(spec, None).nodes}
     assert at["a"].x < at["b"].x < at["report"].x < at["cleanup"].x
     assert len(layout(spec, None).edges) == 2
+
+
+def test_type_figures_come_from_the_live_workers_counts() -> None:
+    from taskorch.queue.workers import WorkerPresence
+    from taskorch.server.history import History
+
+    def worker(name: str, stats: dict[str, tuple[int, int, float]]) -> WorkerPresence:
+        return WorkerPresence(name, "pod", ("q",), 4, 0, False, "", "", type_stats=stats)
+
+    history = History(inspector=cast_any(None))
+    history._sample_types("ns", [worker("a", {"resize": (10, 0, 1.0)})], now=100.0)
+    two = [worker("a", {"resize": (30, 5, 3.5)}), worker("b", {"resize": (5, 0, 0.5)})]
+    history._sample_types("ns", two, now=110.0)
+    later = [worker("b", {"resize": (9, 0, 0.9), "thumb": (4, 2, 0.6)})]  # a left; thumb new
+    history._sample_types("ns", later, now=120.0)
+    first, second = history.type_series("ns")["resize"]
+    assert first.throughput == 3.0  # (25 + 5) ended in 10 s
+    assert first.failure_ratio == 5 / 30 and first.mean_seconds == 3.0 / 30
+    assert second.throughput == 0.0  # the sums fell when a left: never negative
+    [thumb] = history.type_series("ns")["thumb"]  # new since the last sample: from zero
+    assert (thumb.throughput, thumb.failure_ratio) == (0.6, 2 / 6)
+    assert history.type_series("other") == {}
+
+
+def cast_any(value: object) -> Any:
+    return value

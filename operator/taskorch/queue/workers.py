@@ -7,8 +7,9 @@ shrinks, so a busy worker is never the one removed. A cleared mark lets a worker
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from taskorch.queue import keys
 from taskorch.queue.connection import RedisClient
@@ -32,6 +33,8 @@ class WorkerPresence:
     idle_ack: str  # the mark the worker acknowledged, idle, or ""
     finished: int = 0  # attempts it ran to an end since it started
     heartbeat_ms: int = 0  # when it last wrote its presence
+    # per task type since it started: (returned, raised, handler seconds)
+    type_stats: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
     @property
     def drained(self) -> bool:
@@ -65,9 +68,18 @@ async def read_workers(redis: RedisClient, namespace: str) -> list[WorkerPresenc
                 idle_ack=f.get("idle_ack", ""),
                 finished=int(f.get("finished") or 0),
                 heartbeat_ms=int(f.get("ms") or 0),
+                type_stats=_type_stats(f.get("types")),
             )
         )
     return out
+
+
+def _type_stats(raw: str | None) -> dict[str, tuple[int, int, float]]:
+    try:
+        data = json.loads(raw) if raw else {}
+        return {str(t): (int(v[0]), int(v[1]), float(v[2])) for t, v in data.items()}
+    except (ValueError, TypeError, IndexError, AttributeError):
+        return {}  # an older or odd worker: no per-type figures from it
 
 
 async def mark_stop(redis: RedisClient, namespace: str, names: Iterable[str], mark: str) -> None:

@@ -225,7 +225,17 @@ async def _queues_html(request: Request, caller: Caller, ns: str) -> str:
                 "points": len(series),
             }
         )
-    return _fragment("_queues.html", ns=ns, rows=rows, interval=history.interval)
+    types = [
+        {
+            "type": type_,
+            "last": series[-1],
+            "tput_line": polyline([p.throughput for p in series], 160, 28),
+            "fail_line": polyline([p.failure_ratio for p in series], 160, 28, top=1.0),
+        }
+        for type_, series in history.type_series(ns).items()
+        if series
+    ]
+    return _fragment("_queues.html", ns=ns, rows=rows, types=types, interval=history.interval)
 
 
 @router.get("/ns/{ns}")

@@ -5,6 +5,7 @@ many tasks it runs, and whether the scaler asked it to stop claiming (queue/work
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -59,6 +60,7 @@ class Presence:
                     "quiesced": "1" if w.quiesced else "0",
                     "idle_ack": stop if idle else "",
                     "finished": w.finished,
+                    "types": json.dumps(w.type_stats, separators=(",", ":")),
                     "ms": now_ms,
                 },
             )

@@ -46,6 +46,7 @@ MAX_RESULT_BYTES = 512 * 1024
 MAX_PROGRESS_BYTES = 16 * 1024
 IDLE_WAKE_SECONDS = 1.0
 HISTORY_ERROR_CAP = 300
+MAX_TYPE_STATS = 100
 
 
 def worker_name() -> str:
@@ -93,6 +94,9 @@ class Worker:
         self.quiesced = False  # the scaler asked this worker to stop claiming (worker/presence.py)
         self.claims_in_flight = 0
         self.finished = 0  # attempts run to an end, for the dashboard's per-worker throughput
+        # per task type: [attempts that returned, attempts that raised, handler seconds], for
+        # the dashboard's per-type figures (written with the presence)
+        self.type_stats: dict[str, list[float]] = {}
         self._drain_started = 0.0
         self.threads = HandlerThreads(concurrency, on_release=self._capacity_changed)
         self.refused_types: set[str] = set()
@@ -479,6 +483,7 @@ class Worker:
             return None  # lease lost: the attempt that replaced it owns the task now
         except Exception as e:
             metrics.FAILED.labels(*labels).inc()
+            self._count(c.type, failed=True, seconds=time.perf_counter() - started)
             metrics.DURATION.labels(*labels).observe(time.perf_counter() - started)
             if isinstance(e, NonRetryable):
                 return dead(e, e.reason)
@@ -501,7 +506,17 @@ class Worker:
             too_large = ValueError(f"result is {size} bytes as JSON, over {MAX_RESULT_BYTES}")
             return dead(too_large, Reason.ResultTooLarge)
         succeeded.inc()
+        self._count(c.type, failed=False, seconds=time.perf_counter() - started)
         return settle(Outcome.ok, data, "Succeeded")
+
+    def _count(self, type_: str, *, failed: bool, seconds: float) -> None:
+        stats = self.type_stats.get(type_)
+        if stats is None:
+            if len(self.type_stats) >= MAX_TYPE_STATS:
+                return  # a worker running thousands of types: the first ones are shown
+            stats = self.type_stats[type_] = [0, 0, 0.0]
+        stats[1 if failed else 0] += 1
+        stats[2] += seconds
 
     def _hand_back(self, c: Claimed, queue: str) -> Settlement:
         """No handler for the type here: hand the task back for a worker that has one (a rolling
