@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -54,11 +54,15 @@ def validated_options(
             }
         )
     except ValidationError as e:
-        fields = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
-            for err in e.errors(include_url=False)
-        )
-        raise InvalidTask(f"invalid task options: {fields}") from e
+        raise _invalid(e) from e
+
+
+def _invalid(e: ValidationError) -> InvalidTask:
+    fields = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err['input']!r})"
+        for err in e.errors(include_url=False)
+    )
+    return InvalidTask(f"invalid task options: {fields}")
 
 
 class Client:
@@ -88,6 +92,29 @@ class Client:
 
     async def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
         return (await self.enqueue_many(type, [payload], **options))[0]
+
+    async def enqueue_command(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        working_dir: str | None = None,
+        **options: Any,
+    ) -> str:
+        """Run `argv` (no shell) on a worker started with --allow-commands: a command task, as
+        a Task's spec.command; its result is {exitCode, stdout, stderr}. Options as enqueue's."""
+        try:
+            spec = TaskSpec.model_validate(
+                {
+                    "command": list(argv),
+                    "env": [{"name": k, "value": v} for k, v in (env or {}).items()] or None,
+                    "workingDir": working_dir,
+                }
+            )
+        except ValidationError as e:
+            raise _invalid(e) from e
+        type_, payload = runnable(spec)
+        return await self.enqueue(type_, payload, **options)
 
     async def enqueue_many(
         self,

@@ -273,7 +273,9 @@ def refused(cluster: Cluster, namespace: str, spec: dict[str, Any]) -> str:
 
 
 def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namespace: str) -> None:
-    assert "spec.type: Required value" in refused(cluster, namespace, {"queue": "default"})
+    assert "set exactly one of type (a handler) and command" in refused(
+        cluster, namespace, {"queue": "default"}
+    )
     err = refused(cluster, namespace, {"type": "t", "priority": "urgent"})
     assert "spec.priority" in err and "high, normal, low" in err
     err = refused(

@@ -69,6 +69,27 @@ def pids_running(marker: str) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def test_the_sdk_enqueues_a_command_and_waits_for_its_output(
+    redis_url: str, start_worker: Callable[..., Proc]
+) -> None:
+    import asyncio
+
+    import taskorch
+
+    start_worker("--allow-commands", "sh")
+
+    async def run() -> Any:
+        async with taskorch.Client(redis_url, namespace=NS) as client:
+            with pytest.raises(taskorch.InvalidTask, match="command"):
+                await client.enqueue_command([])
+            task_id = await client.enqueue_command(
+                ["sh", "-c", "echo $WHO; pwd"], env={"WHO": "sdk"}, working_dir="/tmp"
+            )
+            return await client.wait(task_id, timeout=30)
+
+    assert asyncio.run(run()) == {"exitCode": 0, "stdout": "sdk\n/tmp\n", "stderr": ""}
+
+
 def test_echo_succeeds_with_its_output_and_no_secret_of_the_worker(
     redis_url: str, start_worker: Callable[..., Proc]
 ) -> None:
