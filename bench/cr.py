@@ -1,26 +1,41 @@
 """CR-path benchmark on the local control plane: N Task CRs created by 8 client threads → all
 Succeeded, as a ratio to N bare creates (the same objects, the same 8 threads, no operator), which
 is what this API server can take: a Task costs its create and its status write, so ~0.5× is the
-ceiling."""
+ceiling. Then the Kubernetes-native peer on the same control plane: N batch/v1 Jobs (one trivial
+container, backoffLimit 0) created by the same 8 threads → all Complete.
+
+kwok fakes the kubelets: kwokctl's default "fast" pod stages mark a Job's pod Running and then
+Succeeded at once, with no image pull, container start or run time. That flatters the Jobs: on a
+real cluster each pod costs seconds of start-up; here a Job costs only its API objects and the
+job controller's work."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-
-from tests.e2e.processes import start_operator, start_worker
+from tests.e2e.processes import Proc, start_operator, start_worker
 from tests.support import TOOLS, env_with_tools, free_port
 
-CLUSTER = "taskorch-bench"
+from bench.drain import _tree_cpu_seconds
+
+# Overridable so that two people's benches on one machine use two control planes.
+CLUSTER = os.environ.get("TASKORCH_BENCH_CLUSTER", "taskorch-bench")
+CLIENT_THREADS = 8
+POLL_SECONDS = 0.1
+# Called with the operator's process once it is up (a profiler attaches there); None: nothing.
+ON_OPERATOR: Callable[[Proc], None] | None = None
 
 
 def _kubectl(env: dict[str, str], *args: str, input: str | None = None) -> str:
@@ -37,7 +52,17 @@ def _status_writes(port: int) -> float:
     return 0.0
 
 
-CLIENT_THREADS = 8
+def _control_plane_cpu_seconds() -> float:
+    """CPU of the control plane's processes (etcd, kube-apiserver, controller manager, scheduler,
+    kwok), from the pid files kwokctl keeps."""
+    workdir = os.environ.get("KWOK_WORKDIR") or str(Path.home() / ".cache/taskorch/kwok")
+    total = 0.0
+    for f in (Path(workdir) / "clusters" / CLUSTER / "pids").glob("*.pid"):
+        try:
+            total += _tree_cpu_seconds(int(f.read_text().strip()))
+        except (OSError, ValueError):
+            continue
+    return total
 
 
 def _task(name: str, namespace: str) -> dict[str, Any]:
@@ -49,18 +74,95 @@ def _task(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def _create_all(custom: k8s.CustomObjectsApi, namespace: str, n: int) -> float:
-    """Create n Tasks with CLIENT_THREADS threads; the seconds it took."""
+def _job(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "noop", "image": "busybox", "command": ["true"]}],
+                }
+            },
+        },
+    }
 
+
+def _create_all(create: Callable[[int], object], n: int) -> float:
+    """Call create(0..n-1) from CLIENT_THREADS threads; the seconds it took."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        list(pool.map(create, range(n)))
+    return time.perf_counter() - t0
+
+
+def _create_tasks(custom: k8s.CustomObjectsApi, namespace: str, n: int) -> float:
     def create(i: int) -> None:
         custom.create_namespaced_custom_object(
             "taskorch.io", "v1alpha1", namespace, "tasks", _task(f"t{i}", namespace)
         )
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-        list(pool.map(create, range(n)))
-    return time.perf_counter() - t0
+    return _create_all(create, n)
+
+
+class Follower:
+    """Lists the objects every POLL_SECONDS from before the creates, so each object's latency is
+    first-seen → first-seen-done (±POLL_SECONDS)."""
+
+    def __init__(
+        self, n: int, list_items: Callable[[], list[dict[str, Any]]], is_done: Callable[..., bool]
+    ) -> None:
+        self.n, self.list_items, self.is_done = n, list_items, is_done
+        self.seen: dict[str, float] = {}
+        self.done: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self.stop.is_set() and len(self.done) < self.n:
+            items = self.list_items()
+            now = time.perf_counter()
+            for obj in items:
+                name = obj["metadata"]["name"]
+                self.seen.setdefault(name, now)
+                if self.is_done(obj):
+                    self.done.setdefault(name, now)
+            self.stop.wait(POLL_SECONDS)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout=timeout)
+        self.stop.set()
+
+    def figures(self, t0: float, what: str) -> dict[str, Any]:
+        n = self.n
+        t_end = max(self.done.values()) - t0 if self.done else float("nan")
+        lat = sorted(self.done[name] - self.seen[name] for name in self.done)
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [float("nan")] * 99
+        return {
+            "done": len(self.done),
+            f"all_{what}_s": round(t_end, 2),
+            "seconds": t_end,
+            "per_s": round(n / t_end, 1),
+            f"create_to_{what}_p50_s": round(q[49], 2),
+            f"create_to_{what}_p99_s": round(q[98], 2),
+        }
+
+
+def _task_succeeded(t: dict[str, Any]) -> bool:
+    return bool((t.get("status") or {}).get("phase") == "Succeeded")
+
+
+def _job_complete(j: dict[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Complete" and c.get("status") == "True"
+        for c in (j.get("status") or {}).get("conditions") or []
+    )
 
 
 def run(redis_url: str, n: int, workdir: Path) -> dict[str, Any]:
@@ -72,7 +174,7 @@ def run(redis_url: str, n: int, workdir: Path) -> dict[str, Any]:
     )
     cluster_start_s = time.perf_counter() - t_cluster
     env = env_with_tools(kubeconfig)
-    procs = []
+    procs: list[Proc] = []
     try:
         _kubectl(
             env,
@@ -82,82 +184,122 @@ def run(redis_url: str, n: int, workdir: Path) -> dict[str, Any]:
             str(Path(__file__).resolve().parent.parent / "crds"),
         )
         _kubectl(env, "wait", "--for=condition=Established", "crd", "--all")
-        _kubectl(env, "create", "namespace", "bench")
-        _kubectl(env, "create", "namespace", "bare")
-        _kubectl(env, "create", "namespace", "warm-up")
+        for ns in ("bench", "bare", "warm-up", "jobs"):
+            _kubectl(env, "create", "namespace", ns)
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))
         api.configuration.connection_pool_maxsize = CLIENT_THREADS
         custom = k8s.CustomObjectsApi(api)
-        _create_all(custom, "warm-up", n)  # a cold API server (and client) would flatter the ratio
-        bare_s = _create_all(custom, "bare", n)  # no operator runs yet, nor ever watches "bare"
+        # A cold API server (and client) would flatter the ratio.
+        _create_tasks(custom, "warm-up", n)
+        bare_s = _create_tasks(custom, "bare", n)  # no operator runs yet, nor ever watches "bare"
         metrics = free_port()
-        procs.append(
-            start_operator(
-                redis_url,
-                kubeconfig,
-                workdir / "operator.log",
-                "--metrics-port",
-                str(metrics),
-                "--namespace",
-                "bench",
-            )
+        operator = start_operator(
+            redis_url,
+            kubeconfig,
+            workdir / "operator.log",
+            "--metrics-port",
+            str(metrics),
+            "--namespace",
+            "bench",
         )
-        for i in range(2):
-            procs.append(
-                start_worker(
-                    redis_url,
-                    "bench",
-                    workdir / f"worker{i}.log",
-                    concurrency=16,
-                    app="taskorch_examples:app",
-                )
+        procs.append(operator)
+        if ON_OPERATOR is not None:
+            ON_OPERATOR(operator)
+        workers = [
+            start_worker(
+                redis_url,
+                "bench",
+                workdir / f"worker{i}.log",
+                concurrency=16,
+                app="taskorch_examples:app",
             )
-        # A poller lists the Tasks every 0.1 s from before the creates, so each task's latency
-        # is first-seen → first-seen-Succeeded.
-        seen: dict[str, float] = {}
-        done: dict[str, float] = {}
-        stop = threading.Event()
+            for i in range(2)
+        ]
+        procs.extend(workers)
+        time.sleep(1.0)  # the workers' imports and first claims out of the CPU figures
 
-        def poll() -> None:
-            while not stop.is_set() and len(done) < n:
-                items = custom.list_namespaced_custom_object(
-                    "taskorch.io", "v1alpha1", "bench", "tasks"
-                )["items"]
-                now = time.perf_counter()
-                for t in items:
-                    name = t["metadata"]["name"]
-                    seen.setdefault(name, now)
-                    if t.get("status", {}).get("phase") == "Succeeded":
-                        done.setdefault(name, now)
-                stop.wait(0.1)
+        def list_tasks() -> list[dict[str, Any]]:
+            got = custom.list_namespaced_custom_object("taskorch.io", "v1alpha1", "bench", "tasks")
+            return list(got["items"])
 
-        poller = threading.Thread(target=poll, daemon=True)
+        follow = Follower(n, list_tasks, _task_succeeded)
+        assert operator.process is not None
+        cpu0 = _tree_cpu_seconds(operator.process.pid)
+        workers0 = sum(_tree_cpu_seconds(w.process.pid) for w in workers if w.process)
+        plane0 = _control_plane_cpu_seconds()
         t0 = time.perf_counter()
-        poller.start()
-        create_s = _create_all(custom, "bench", n)
-        poller.join(timeout=600)
-        stop.set()
-        t_end = max(done.values()) - t0 if done else float("nan")
-        lat = sorted(done[name] - seen[name] for name in done)
-        q = statistics.quantiles(lat, n=100)
+        follow.start()
+        create_s = _create_tasks(custom, "bench", n)
+        follow.join(timeout=600)
+        operator_cpu = _tree_cpu_seconds(operator.process.pid) - cpu0
+        workers_cpu = sum(_tree_cpu_seconds(w.process.pid) for w in workers if w.process) - workers0
+        plane_cpu = _control_plane_cpu_seconds() - plane0
+        tasks = follow.figures(t0, "succeeded")
         writes = _status_writes(metrics)
+        for p in procs:
+            p.stop()
+        procs.clear()
+        jobs = _jobs(api, n)
+        jobs_per_s = jobs.pop("jobs_per_s_unrounded")
+        tasks_per_s = n / tasks["seconds"]
         return {
             "tasks": n,
-            "succeeded": len(done),
+            "succeeded": tasks["done"],
             "control_plane_start_s": round(cluster_start_s, 2),
             "client_threads": CLIENT_THREADS,
             "bare_creates_per_s": round(n / bare_s, 1),
             "create_s": round(create_s, 2),
-            "all_succeeded_s": round(t_end, 2),
-            "tasks_per_s": round(n / t_end, 1),
-            "vs_bare_creates": round((n / t_end) / (n / bare_s), 2),
-            "create_to_succeeded_p50_s": round(q[49], 2),
-            "create_to_succeeded_p99_s": round(q[98], 2),
+            "all_succeeded_s": tasks["all_succeeded_s"],
+            "tasks_per_s": round(tasks_per_s, 1),
+            "vs_bare_creates": round(tasks_per_s / (n / bare_s), 2),
+            "create_to_succeeded_p50_s": tasks["create_to_succeeded_p50_s"],
+            "create_to_succeeded_p99_s": tasks["create_to_succeeded_p99_s"],
             "status_writes_per_task": round(writes / n, 2),
-            "note": "latency: first seen by a 0.1 s list poll → first seen Succeeded (±0.1 s); "
-            "all_succeeded_s runs from the first create to the last Succeeded",
+            "operator_cpu_us_per_task": round(operator_cpu / n * 1e6),
+            "workers_cpu_us_per_task": round(workers_cpu / n * 1e6),
+            "control_plane_cpu_us_per_task": round(plane_cpu / n * 1e6),
+            **jobs,
+            "tasks_vs_jobs": round(tasks_per_s / jobs_per_s, 2),
+            "note": "latency: first seen by a 0.1 s list poll → first seen done (±0.1 s); "
+            "all_*_s runs from the first create to the last done. kwok completes a Job's pod "
+            "at once (no image pull, no container start or run time), which flatters Jobs.",
         }
     finally:
         for p in procs:
             p.kill()
         subprocess.run([str(TOOLS / "cluster.sh"), "down", CLUSTER], capture_output=True)
+
+
+def _jobs(api: k8s.ApiClient, n: int) -> dict[str, Any]:
+    """N Jobs by the same threads on the same control plane (the operator stopped), timed from
+    the first create to the last Complete. Responses are not turned into models, in the creates
+    and in the poller alike: the client's model building would cost this process CPU that the
+    Tasks' dict-returning calls do not."""
+    batch = k8s.BatchV1Api(api)
+
+    def create(i: int) -> None:
+        _ = batch.create_namespaced_job("jobs", _job(f"j{i}"), _preload_content=False).data
+
+    def list_jobs() -> list[dict[str, Any]]:
+        response = batch.list_namespaced_job("jobs", _preload_content=False)
+        return list(json.loads(response.data)["items"])
+
+    follow = Follower(n, list_jobs, _job_complete)
+    plane0 = _control_plane_cpu_seconds()
+    t0 = time.perf_counter()
+    follow.start()
+    create_s = _create_all(create, n)
+    follow.join(timeout=600)
+    plane_cpu = _control_plane_cpu_seconds() - plane0
+    jobs = follow.figures(t0, "complete")
+    return {
+        "jobs": n,
+        "jobs_complete": jobs["done"],
+        "jobs_create_s": round(create_s, 2),
+        "all_jobs_complete_s": jobs["all_complete_s"],
+        "jobs_per_s": jobs["per_s"],
+        "jobs_per_s_unrounded": n / jobs["seconds"],
+        "job_create_to_complete_p50_s": jobs["create_to_complete_p50_s"],
+        "job_create_to_complete_p99_s": jobs["create_to_complete_p99_s"],
+        "control_plane_cpu_us_per_job": round(plane_cpu / n * 1e6),
+    }

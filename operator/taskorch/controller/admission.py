@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
@@ -30,6 +31,7 @@ TERMINAL = {p.value for p in TERMINAL_PHASES}
 # Pending for one of these: the Task is retried on a timer, not on its own status event.
 WAITING = {Reason.PayloadFromMissing, Reason.PayloadFromForbidden, Reason.RedisUnreachable}
 MAX_DELAY_SECONDS = 60.0
+Step = Callable[[dict[str, Any]], Awaitable[None]]  # admit or cancel, given the Task's body
 
 
 def succeeded_reason(status: dict[str, Any]) -> str | None:
@@ -49,26 +51,37 @@ class Admission:
 
     async def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         """One watch event of a Task (type None: the initial listing)."""
+        step = self.step(event_type, body)
+        if step is not None:
+            await self.run_step(step, body)
+
+    def step(self, event_type: str | None, body: dict[str, Any]) -> Step | None:
+        """What a watch event asks for, to be run by run_step; None when nothing is to be done
+        (most events: the status writer's own writes). Keeps the bookkeeping on the way."""
         uid = body["metadata"]["uid"]
         spec, status = body.get("spec") or {}, body.get("status") or {}
         phase = status.get("phase")
         if event_type == "DELETED" or phase in TERMINAL:
             self._forget(uid)
-            return
+            return None
         reason = succeeded_reason(status)
         if spec.get("cancel"):
-            await self._guarded(body, self._cancel)
-        elif phase is None or (reason == Reason.Suspended and not spec.get("suspend")):
-            await self._guarded(body, self._admit)
-        elif reason in WAITING and uid not in self.retries:
+            return self._cancel
+        if phase is None or (reason == Reason.Suspended and not spec.get("suspend")):
+            return self._admit
+        if reason in WAITING and uid not in self.retries:
             self._retry_later(body)  # waiting since before a restart
+        return None
+
+    async def run_step(self, step: Step, body: dict[str, Any]) -> None:
+        await self._guarded(body, step)
 
     async def close(self) -> None:
         for task in self.retries.values():
             task.cancel()
         await asyncio.gather(*self.retries.values(), return_exceptions=True)
 
-    async def _guarded(self, body: dict[str, Any], step: Any) -> None:
+    async def _guarded(self, body: dict[str, Any], step: Step) -> None:
         try:
             await step(body)
         except Exception as e:  # the API server or Redis: try again later, never drop it

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -97,7 +98,9 @@ class Kube:
             {"op": "add", "path": "/status", "value": status},
         ]
         try:
+            # The answer (the whole object) is not turned into Python objects: nothing reads it.
             await self._run(
+                _read_raw,
                 self.custom.patch_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -106,6 +109,7 @@ class Kube:
                 name,
                 body,
                 _content_type="application/json-patch+json",
+                _preload_content=False,
             )
         except ApiException as e:
             if e.status == 404 or (e.status == 422 and _failed_uid_test(e)):
@@ -113,6 +117,54 @@ class Kube:
             raise
         STATUS_WRITES.labels(plural).inc()
         return True
+
+    def list_page_sync(
+        self, plural: str, namespace: str | None, token: str | None, limit: int = 500
+    ) -> dict[str, Any]:
+        """One page of a list (namespace None: cluster-wide), in the calling thread."""
+        kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        call: Any  # an urllib3 response
+        if namespace is None:
+            call = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        else:
+            call = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs
+            )
+        page: dict[str, Any] = json.loads(call.data)
+        return page
+
+    def watch_sync(
+        self, plural: str, namespace: str | None, version: str, seconds: int
+    ) -> Iterator[list[bytes]]:
+        """A watch from `version` (with bookmarks) for up to `seconds`, in the calling thread:
+        the event lines, a list per chunk received."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": seconds,
+            "_preload_content": False,
+            "_request_timeout": (10, seconds + 30),
+        }
+        response: Any  # an urllib3 response, read as it streams
+        if namespace is None:
+            response = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        else:
+            response = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs
+            )
+        try:
+            rest = b""
+            for chunk in response.stream(amt=None, decode_content=False):
+                *lines, rest = (rest + chunk).split(b"\n")
+                complete = [line for line in lines if line.strip()]
+                if complete:
+                    yield complete
+        finally:
+            response.close()  # when ended early: not handed back to the pool half-read
+            response.release_conn()
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -296,6 +348,13 @@ class Kube:
                 ) from e
             raise
         raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")
+
+
+def _read_raw(fn: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Call with _preload_content=False and read the answer's bytes (which frees the
+    connection for the next call)."""
+    data: bytes = fn(*args, **kwargs).data
+    return data
 
 
 def _failed_uid_test(e: ApiException) -> bool:

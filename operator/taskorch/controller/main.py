@@ -26,6 +26,7 @@ from taskorch.controller.admission import Admission
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.leader import LeaderElector, elector_for, standby_liveness
+from taskorch.controller.task_watch import TaskWatch
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
 from taskorch.queue.connection import warn_unless_noeviction
@@ -129,9 +130,12 @@ async def _lead(
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
+    users = None
     if settings.redis_acl:
         users = memo.redis_users = redis_users.RedisUsers(broker.redis, kube)
         loops["redis-users"] = users.run(namespaces)
+    # Tasks are watched by the operator itself, not by kopf (task_watch.py says why).
+    loops["task-watch"] = TaskWatch(kube, broker, admission, tracker, namespaces, users).run()
     if elector is not None:
         loops["leader-lease"] = elector.hold()
     try:

@@ -1,16 +1,14 @@
-"""Task admission (validate, enqueue: the UID is the task id) and the one kopf handler for
-Tasks, on their watch events, which feeds admission, the resync and the TTL tracker."""
+"""Task admission: validate and enqueue (the UID is the task id). The Tasks' watch events come
+from controller/task_watch.py, not from kopf."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import kopf
-import redis.exceptions
 from pydantic import ValidationError
 
-from taskorch.api.base import GROUP, VERSION, duration_seconds
+from taskorch.api.base import duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TaskSpec, priority_level
 from taskorch.controller.kube import KubeAPI
@@ -25,8 +23,6 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, dumps, now_ms, size_in_bytes
 
 log = logging.getLogger("taskorch.tasks")
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-RESOURCE = (GROUP, VERSION, "tasks")
 
 
 async def build_request(
@@ -111,24 +107,6 @@ async def admit(
         "Task", namespace, meta["name"], meta["uid"], "Normal", Reason.Duplicate, message
     )
     return status
-
-
-@kopf.on.event(*RESOURCE)
-async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every watch event: admits the Task (controller/admission.py), feeds the tracker, and
-    cancels a deleted Task in Redis.
-
-    Deletion is seen here rather than by an on.delete handler because that would need a
-    finalizer, and a finalizer keeps a Task from being deleted while the operator is down. A
-    deletion the operator misses (down, or Redis unreachable) leaves the task to run once."""
-    memo.tracker.observe(event.get("type"), dict(body))
-    await memo.admission.observe(event.get("type"), dict(body))
-    if event.get("type") == "DELETED":
-        meta, spec = body["metadata"], body.get("spec", {})
-        try:
-            await memo.broker.cancel(meta["namespace"], spec.get("queue", "default"), meta["uid"])
-        except REDIS_ERRORS as e:
-            log.warning("could not cancel deleted %s/%s: %s", meta["namespace"], meta["name"], e)
 
 
 async def reenqueue(
