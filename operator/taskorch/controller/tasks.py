@@ -4,6 +4,7 @@ from controller/task_watch.py, not from kopf."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -75,13 +76,22 @@ async def build_request(
     )
 
 
+Enqueue = Callable[[str, str, TaskRequest], Awaitable[str]]  # namespace, queue -> the task's id
+
+
 async def admit(
-    broker: Broker, kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    broker: Broker,
+    kube: KubeAPI,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    namespace: str,
+    enqueue: Enqueue | None = None,
 ) -> dict[str, Any] | None:
     """Enqueue the Task, or decide it never runs. Returns the status to write for a Task that
     never reaches a worker (cancelled, refused, a duplicate), None once it is enqueued (the
     status writer follows it from then on). Raises Waiting while a payloadFrom source is not
-    readable yet, and Redis errors: both are retried."""
+    readable yet, and Redis errors: both are retried. `enqueue` (admission's batcher) replaces
+    a round trip of its own."""
     generation = meta.get("generation")
     if spec.get("cancel"):
         return cancelled_status(generation, now_ms())
@@ -91,7 +101,10 @@ async def admit(
         await kube.event("Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e))
         return failed_status(e.reason, str(e), generation, now_ms())
     queue = spec.get("queue", "default")
-    [task_id] = await broker.enqueue_many(namespace, queue, [request])
+    if enqueue is not None:
+        task_id = await enqueue(namespace, queue, request)
+    else:
+        [task_id] = await broker.enqueue_many(namespace, queue, [request])
     if task_id == request.id:
         return None
     # Another task holds the idempotencyKey: this one never runs, and says which task did.
