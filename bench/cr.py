@@ -58,17 +58,23 @@ def _status_writes(port: int) -> float:
     return 0.0
 
 
-def _control_plane_cpu_seconds() -> float:
-    """CPU of the control plane's processes (etcd, kube-apiserver, controller manager, scheduler,
-    kwok), from the pid files kwokctl keeps."""
+def _control_plane_cpu() -> dict[str, float]:
+    """CPU seconds of each control-plane process (etcd, kube-apiserver, kube-controller-manager,
+    kube-scheduler, kwok-controller), from the pid files kwokctl keeps."""
     workdir = os.environ.get("KWOK_WORKDIR") or str(Path.home() / ".cache/taskorch/kwok")
-    total = 0.0
+    cpu: dict[str, float] = {}
     for f in (Path(workdir) / "clusters" / CLUSTER / "pids").glob("*.pid"):
         try:
-            total += _tree_cpu_seconds(int(f.read_text().strip()))
+            cpu[f.stem] = _tree_cpu_seconds(int(f.read_text().strip()))
         except (OSError, ValueError):
             continue
-    return total
+    return cpu
+
+
+def _per_object_us(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, int]:
+    """CPU µs per object of each control-plane process between two readings, and their total."""
+    each = {k: round((after[k] - before.get(k, 0.0)) / n * 1e6) for k in sorted(after)}
+    return {"total": sum(each.values()), **each}
 
 
 def _task(name: str, namespace: str) -> dict[str, Any]:
@@ -242,7 +248,9 @@ def run(redis_url: str, n: int, workdir: Path, jobs_peer: bool = True) -> dict[s
         # runs yet, nor ever watches these namespaces) the faster is the baseline, so that a
         # burst of load from elsewhere on the machine flatters nothing either.
         _create_tasks(custom, "warm-up", n)
+        plane0 = _control_plane_cpu()
         bare_s = min(_create_tasks(custom, ns, n) for ns in ("bare", "bare-2"))
+        bare_plane = _per_object_us(plane0, _control_plane_cpu(), 2 * n)
         metrics = free_port()
         operator = start_operator(
             redis_url,
@@ -279,14 +287,14 @@ def run(redis_url: str, n: int, workdir: Path, jobs_peer: bool = True) -> dict[s
         assert operator.process is not None
         cpu0 = _tree_cpu_seconds(operator.process.pid)
         workers0 = sum(_tree_cpu_seconds(w.process.pid) for w in workers if w.process)
-        plane0 = _control_plane_cpu_seconds()
+        plane0 = _control_plane_cpu()
         t0 = time.perf_counter()
         follow.start()
         create_s = _create_tasks(custom, "bench", n)
         follow.join(timeout=600)
         operator_cpu = _tree_cpu_seconds(operator.process.pid) - cpu0
         workers_cpu = sum(_tree_cpu_seconds(w.process.pid) for w in workers if w.process) - workers0
-        plane_cpu = _control_plane_cpu_seconds() - plane0
+        plane = _per_object_us(plane0, _control_plane_cpu(), n)
         tasks = follow.figures(t0, "succeeded")
         writes = _status_writes(metrics)
         for p in procs:
@@ -308,7 +316,8 @@ def run(redis_url: str, n: int, workdir: Path, jobs_peer: bool = True) -> dict[s
             "status_writes_per_task": round(writes / n, 2),
             "operator_cpu_us_per_task": round(operator_cpu / n * 1e6),
             "workers_cpu_us_per_task": round(workers_cpu / n * 1e6),
-            "control_plane_cpu_us_per_task": round(plane_cpu / n * 1e6),
+            "control_plane_cpu_us_per_task": plane,
+            "control_plane_cpu_us_per_bare_create": bare_plane,
         }
         if not jobs_peer:
             return result
@@ -351,12 +360,12 @@ def _jobs(api: k8s.ApiClient, n: int, namespace: str) -> dict[str, Any]:
         _ = batch.create_namespaced_job(namespace, _job(f"j{i}"), _preload_content=False).data
 
     follow = Follower(n, functools.partial(batch.list_namespaced_job, namespace), _job_complete)
-    plane0 = _control_plane_cpu_seconds()
+    plane0 = _control_plane_cpu()
     t0 = time.perf_counter()
     follow.start()
     create_s = _create_all(create, n)
     follow.join(timeout=900)
-    plane_cpu = _control_plane_cpu_seconds() - plane0
+    plane = _per_object_us(plane0, _control_plane_cpu(), n)
     jobs = follow.figures(t0, "complete")
     return {
         "jobs": n,
@@ -367,5 +376,5 @@ def _jobs(api: k8s.ApiClient, n: int, namespace: str) -> dict[str, Any]:
         "per_s_unrounded": n / jobs["seconds"],
         "create_to_complete_p50_s": jobs["create_to_complete_p50_s"],
         "create_to_complete_p99_s": jobs["create_to_complete_p99_s"],
-        "control_plane_cpu_us_per_job": round(plane_cpu / n * 1e6),
+        "control_plane_cpu_us_per_job": plane,
     }
