@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ from kubernetes import config as k8s_config
 from tests.e2e.processes import Proc, start_operator, start_worker
 from tests.support import REPO, TOOLS, env_with_tools
 
-CLUSTER = "taskorch-test"
+# Overridable so that two people can run e2e tests on one machine, each on a control plane.
+CLUSTER = os.environ.get("TASKORCH_TEST_CLUSTER", "taskorch-test")
 
 
 @dataclass
