@@ -78,7 +78,10 @@ async def _main(
 
     # The metrics port is served by standbys too (KEDA may reach either replica).
     beside = {} if metrics_port is None else {"http": http.serve(pool_status, metrics_port)}
-    await run_supervised(_lead(settings, kube, elector, leading, namespaces, liveness), beside)
+    try:
+        await run_supervised(_lead(settings, kube, elector, leading, namespaces, liveness), beside)
+    finally:
+        await kube.close()
 
 
 async def _lead(
