@@ -39,9 +39,10 @@ log = logging.getLogger("taskorch.operator")
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Every handler is an event handler, which kopf keeps no record of (no annotation writes:
-    # controller/admission.py says why); should one ever need it, its bookkeeping goes to
-    # annotations so the status subresource stays ours alone. Post only warnings as Events
-    # (the status writer posts the meaningful ones).
+    # controller/admission.py says why; Tasks are not kopf's at all: task_watch.py says why);
+    # should one ever need it, its bookkeeping goes to annotations so the status subresource
+    # stays ours alone. Post only warnings as Events (the status writer posts the meaningful
+    # ones).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskorch.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="taskorch.io", key="last-handled-configuration"
