@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from taskorch.controller.admission import Admission, EnqueueBatcher
-from taskorch.controller.kube import Kube
-from taskorch.controller.task_watch import TaskWatch
+from taskorch.controller.task_watch import TaskSource, TaskWatch
 from taskorch.controller.tracker import Tracker
 from taskorch.errors import InvalidTask
 from taskorch.queue.broker import Broker
@@ -77,7 +76,7 @@ class FakeBroker:
 
 def _watch(admission: FakeAdmission, tracker: FakeTracker, broker: FakeBroker) -> TaskWatch:
     return TaskWatch(
-        cast(Kube, None),
+        cast(TaskSource, None),
         cast(Broker, broker),
         cast(Admission, admission),
         cast(Tracker, tracker),

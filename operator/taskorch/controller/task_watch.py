@@ -3,10 +3,11 @@ admission (controller/admission.py), the tracker (resync and TTL) and, for a del
 cancel in Redis.
 
 Why not kopf: a Task is the high-volume kind (hundreds a second), and kopf's per-event machinery
-(a diff base built and compared, a cause detected, a handler invoked with its own logger and a
-log line, an empty patch applied) cost ~60 % of the operator's CPU per Task in the CR bench
-(bench/README.md). Here an event costs its JSON parse, the tracker's bookkeeping, and only when
-something is to be done, a call into admission. The other kinds stay with kopf.
+(a diff base built and compared, a cause detected, each handler invoked with its own logger and
+a log line, an empty patch applied) and its watch stream cost about half of the operator's CPU
+per Task in the CR bench (bench/README.md). Here an event costs its JSON parse, the tracker's
+bookkeeping, and only when something is to be done, a call into admission. The other kinds stay
+with kopf.
 
 The watch runs in a thread with the sync client (the same credentials as every other call the
 operator makes) and hands the events over to the event loop a chunk at a time. Events of one Task
@@ -16,16 +17,16 @@ collapse into the latest (kopf's batching does the same)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol
 
 import redis.exceptions
 
 from taskorch.controller.admission import Admission, Step
-from taskorch.controller.kube import Kube
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
 
@@ -34,6 +35,18 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 Event = tuple[str | None, dict[str, Any]]  # type (None: from the initial listing), the object
 WATCH_SECONDS = 300  # the server ends a watch after this; it is resumed from the last version
 MAX_BACKOFF_SECONDS = 30.0
+
+
+class TaskSource(Protocol):
+    """The list and watch calls, made in the calling thread (Kube; a fake in the unit tests)."""
+
+    def list_page_sync(
+        self, plural: str, namespace: str | None, token: str | None
+    ) -> dict[str, Any]: ...
+
+    def watch_sync(
+        self, plural: str, namespace: str | None, version: str, seconds: int
+    ) -> Iterator[list[bytes]]: ...
 
 
 class NamespaceSeen(Protocol):
@@ -45,7 +58,7 @@ class NamespaceSeen(Protocol):
 class TaskWatch:
     def __init__(
         self,
-        kube: Kube,
+        kube: TaskSource,
         broker: Broker,
         admission: Admission,
         tracker: Tracker,
@@ -62,6 +75,7 @@ class TaskWatch:
         self.latest: dict[str, Event] = {}  # uid -> its newest event not yet handled
         self.stop = threading.Event()
         self.background: set[asyncio.Task[None]] = set()
+        self.joining: set[str] = set()  # namespaces whose Redis user is being made
 
     async def run(self) -> None:
         """Watch until cancelled (each namespace in its own thread)."""
@@ -69,13 +83,20 @@ class TaskWatch:
         done: asyncio.Future[None] = loop.create_future()
 
         def deliver(events: list[Event]) -> None:
-            loop.call_soon_threadsafe(self._dispatch, events)
+            if self.stop.is_set():
+                return
+            try:
+                loop.call_soon_threadsafe(self._dispatch, events)
+            except RuntimeError:  # the loop is closed: the operator is stopping
+                self.stop.set()
 
         def watch(namespace: str | None) -> None:
             try:
                 self._watch_forever(namespace, deliver)
             except BaseException as e:  # a bug: end the loop, so the process restarts
-                loop.call_soon_threadsafe(_fail, done, e)
+                if not self.stop.is_set():
+                    with contextlib.suppress(RuntimeError):  # the loop is closed already
+                        loop.call_soon_threadsafe(_fail, done, e)
 
         threads = [
             threading.Thread(target=watch, args=(ns,), name=f"watch tasks {ns or '*'}", daemon=True)
@@ -151,8 +172,11 @@ class TaskWatch:
         for kind, body in events:
             meta = body["metadata"]
             self.tracker.observe(kind, body)
-            if self.users is not None and meta["namespace"] not in self.users.namespaces:
-                self._background(self.users.seen(meta["namespace"]))
+            namespace = meta["namespace"]
+            users, joining = self.users, self.joining  # one call per namespace at a time
+            if users is not None and namespace not in users.namespaces | joining:
+                joining.add(namespace)
+                self._background(self._join(namespace))
             if kind == "DELETED":
                 self._background(self._cancel_deleted(body))
             uid = meta["uid"]
@@ -182,6 +206,17 @@ class TaskWatch:
                 step = next_step
         finally:
             self.busy.pop(uid, None)
+
+    async def _join(self, namespace: str) -> None:
+        """Make the namespace's Redis user (RedisUsers.seen: retried at its next Task event if
+        it fails, and every few minutes by the redis-users loop)."""
+        assert self.users is not None
+        try:
+            await self.users.seen(namespace)
+        except Exception as e:
+            log.warning("could not make the Redis user of %s: %s", namespace, e)
+        finally:
+            self.joining.discard(namespace)
 
     async def _cancel_deleted(self, body: dict[str, Any]) -> None:
         """Deletion is seen here rather than by a finalizer because a finalizer keeps a Task from
