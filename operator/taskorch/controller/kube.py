@@ -369,10 +369,11 @@ class Kube:
 class StatusPatcher:
     """JSON patches over aiohttp on the event loop. A status patch is the operator's one
     Kubernetes call per Task, and through the sync client it cost a thread hop, the client's
-    validation of its arguments and urllib3's request building: ~30 % of the operator's CPU per
-    Task in the CR bench (bench/README.md). Used when the client configuration is plain (a CA
-    file or data, a client certificate, a bearer token: in-cluster and kubeconfig alike); with
-    a proxy, basic auth or a TLS server name the sync client makes the call instead."""
+    validation of its arguments and urllib3's request building: over a quarter of the
+    operator's CPU per Task in the CR bench (bench/README.md), once Tasks left kopf. Used when
+    the client configuration is plain (a CA file or data, a client certificate, a bearer token:
+    in-cluster and kubeconfig alike); with a proxy, basic auth, a TLS server name or
+    assert_hostname the sync client makes the call instead."""
 
     TOKEN_SECONDS = 60.0  # the bearer token is re-read (in the thread pool) this often
 
