@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.error
 import urllib.request
@@ -20,7 +21,8 @@ from kubernetes import config as k8s_config
 from tests.e2e.processes import Proc, base_env, start_operator, start_worker
 from tests.support import REPO, TOOLS, env_with_tools, free_port, wait_for
 
-CLUSTER = "taskorch-test"
+# Overridable so that two people can run e2e tests on one machine, each on a control plane.
+CLUSTER = os.environ.get("TASKORCH_TEST_CLUSTER", "taskorch-test")
 CHART = str(REPO / "charts" / "taskorch")
 
 

@@ -14,6 +14,10 @@ export KWOK_WORKDIR="${KWOK_WORKDIR:-${XDG_CACHE_HOME:-$HOME/.cache}/taskorch/kw
 cmd="${1:?up|down}"
 name="${2:?cluster name}"
 nodes="${TASKORCH_FAKE_NODES:-3}"
+# Extra component flags at creation, e.g. "kube-controller-manager=kube-api-qps=5000" (several
+# separated by spaces): kwokctl create cluster --extra-args, once per item.
+extra=()
+for a in ${TASKORCH_KWOK_EXTRA_ARGS:-}; do extra+=(--extra-args "$a"); done
 
 case "$cmd" in
   up)
@@ -27,6 +31,7 @@ case "$cmd" in
         --kube-controller-manager-binary "$bin/kube-controller-manager" \
         --kube-scheduler-binary "$bin/kube-scheduler" \
         --kwok-controller-binary "$bin/kwok" \
+        "${extra[@]}" \
         --wait 120s >&2
     else
       kwokctl start cluster --name "$name" >&2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.exceptions
@@ -22,7 +23,7 @@ from taskorch.controller.status import cancelled_status, pending_status
 from taskorch.controller.tasks import admit
 from taskorch.errors import Waiting
 from taskorch.queue.broker import Broker
-from taskorch.queue.model import now_ms
+from taskorch.queue.model import TaskRequest, now_ms
 
 log = logging.getLogger("taskorch.admission")
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
@@ -30,6 +31,7 @@ TERMINAL = {p.value for p in TERMINAL_PHASES}
 # Pending for one of these: the Task is retried on a timer, not on its own status event.
 WAITING = {Reason.PayloadFromMissing, Reason.PayloadFromForbidden, Reason.RedisUnreachable}
 MAX_DELAY_SECONDS = 60.0
+Step = Callable[[dict[str, Any]], Awaitable[None]]  # admit or cancel, given the Task's body
 
 
 def succeeded_reason(status: dict[str, Any]) -> str | None:
@@ -46,29 +48,41 @@ class Admission:
         self.first_delay = first_delay
         self.retries: dict[str, asyncio.Task[None]] = {}
         self.failures: dict[str, int] = {}
+        self.batcher = EnqueueBatcher(broker)
 
     async def observe(self, event_type: str | None, body: dict[str, Any]) -> None:
         """One watch event of a Task (type None: the initial listing)."""
+        step = self.step(event_type, body)
+        if step is not None:
+            await self.run_step(step, body)
+
+    def step(self, event_type: str | None, body: dict[str, Any]) -> Step | None:
+        """What a watch event asks for, to be run by run_step; None when nothing is to be done
+        (most events: the status writer's own writes). Keeps the bookkeeping on the way."""
         uid = body["metadata"]["uid"]
         spec, status = body.get("spec") or {}, body.get("status") or {}
         phase = status.get("phase")
         if event_type == "DELETED" or phase in TERMINAL:
             self._forget(uid)
-            return
+            return None
         reason = succeeded_reason(status)
         if spec.get("cancel"):
-            await self._guarded(body, self._cancel)
-        elif phase is None or (reason == Reason.Suspended and not spec.get("suspend")):
-            await self._guarded(body, self._admit)
-        elif reason in WAITING and uid not in self.retries:
+            return self._cancel
+        if phase is None or (reason == Reason.Suspended and not spec.get("suspend")):
+            return self._admit
+        if reason in WAITING and uid not in self.retries:
             self._retry_later(body)  # waiting since before a restart
+        return None
+
+    async def run_step(self, step: Step, body: dict[str, Any]) -> None:
+        await self._guarded(body, step)
 
     async def close(self) -> None:
         for task in self.retries.values():
             task.cancel()
         await asyncio.gather(*self.retries.values(), return_exceptions=True)
 
-    async def _guarded(self, body: dict[str, Any], step: Any) -> None:
+    async def _guarded(self, body: dict[str, Any], step: Step) -> None:
         try:
             await step(body)
         except Exception as e:  # the API server or Redis: try again later, never drop it
@@ -86,7 +100,9 @@ class Admission:
                 )
             return
         try:
-            admitted = await admit(self.broker, self.kube, spec, meta, meta["namespace"])
+            admitted = await admit(
+                self.broker, self.kube, spec, meta, meta["namespace"], self.batcher.enqueue
+            )
         except Waiting as e:
             await self._write_waiting(body, pending_status(e.reason, str(e), generation, now_ms()))
             self._retry_later(body)
@@ -161,6 +177,54 @@ class Admission:
         task = self.retries.pop(uid, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+
+class EnqueueBatcher:
+    """The enqueues asked for within one turn of the event loop (a burst of watch events), one
+    round trip per queue rather than one per Task."""
+
+    def __init__(self, broker: Broker, max_batch: int = 500) -> None:
+        self.broker = broker
+        self.max_batch = max_batch
+        self.waiting: dict[tuple[str, str], list[tuple[TaskRequest, asyncio.Future[str]]]] = {}
+        self.sending: set[asyncio.Task[None]] = set()
+
+    async def enqueue(self, namespace: str, queue: str, request: TaskRequest) -> str:
+        loop = asyncio.get_running_loop()
+        if not self.waiting:
+            loop.call_soon(self._flush)  # after the other Tasks of this turn asked too
+        done: asyncio.Future[str] = loop.create_future()
+        self.waiting.setdefault((namespace, queue), []).append((request, done))
+        return await done
+
+    def _flush(self) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for (namespace, queue), items in waiting.items():
+            for i in range(0, len(items), self.max_batch):
+                task = asyncio.create_task(
+                    self._send(namespace, queue, items[i : i + self.max_batch])
+                )
+                self.sending.add(task)
+                task.add_done_callback(self.sending.discard)
+
+    async def _send(
+        self, namespace: str, queue: str, items: list[tuple[TaskRequest, asyncio.Future[str]]]
+    ) -> None:
+        try:
+            ids = await self.broker.enqueue_many(namespace, queue, [r for r, _ in items])
+        except Exception as e:
+            if len(items) > 1 and not isinstance(e, REDIS_ERRORS):
+                # One request the script refuses must not fail the others: each on its own.
+                for item in items:
+                    await self._send(namespace, queue, [item])
+                return
+            for _, done in items:
+                if not done.done():
+                    done.set_exception(e)
+            return
+        for (_, done), task_id in zip(items, ids, strict=True):
+            if not done.done():
+                done.set_result(task_id)
 
 
 def _ref(body: dict[str, Any]) -> tuple[str, str]:

@@ -201,11 +201,14 @@ class StatusWriter:
                 written.append(ref)
             else:
                 self.failures[ref] = tries
+        done: dict[str, list[Any]] = {}  # stream -> entry ids to ack and delete
+        for key in written:
+            for stream_key, entry_id in entries.get(key, []):
+                done.setdefault(stream_key, []).append(entry_id)
         async with self.broker.redis.pipeline(transaction=False) as p:
-            for key in written:
-                for stream_key, entry_id in entries.get(key, []):
-                    p.xack(stream_key, GROUP_NAME, entry_id)
-                    p.xdel(stream_key, entry_id)
+            for stream_key, ids in done.items():  # one XACK and one XDEL a stream
+                p.xack(stream_key, GROUP_NAME, *ids)
+                p.xdel(stream_key, *ids)
             await p.execute()
         return bool(failed)
 

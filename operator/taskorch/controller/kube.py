@@ -1,15 +1,22 @@
 """The operator's own Kubernetes calls (status patches, Events, payloadFrom reads), made with the
-sync client in a bounded thread pool so kopf's event loop never blocks."""
+sync client in a bounded thread pool so kopf's event loop never blocks; status patches, the
+calls made per Task, over aiohttp on the event loop itself where the client configuration
+allows (StatusPatcher)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import ssl
+import time
+import urllib.parse
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import aiohttp
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -70,6 +77,11 @@ class Kube:
         self.apps = k8s.AppsV1Api(api)
         self.coordination = k8s.CoordinationV1Api(api)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
+        self.patcher = StatusPatcher(cfg, self.pool, threads) if StatusPatcher.usable(cfg) else None
+
+    async def close(self) -> None:
+        if self.patcher is not None:
+            await self.patcher.close()
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -97,22 +109,78 @@ class Kube:
             {"op": "add", "path": "/status", "value": status},
         ]
         try:
-            await self._run(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                body,
-                _content_type="application/json-patch+json",
-            )
+            if self.patcher is not None:
+                await self.patcher.patch(
+                    f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}/status", body
+                )
+            else:
+                # The answer (the whole object) is not turned into Python objects: nothing reads it.
+                await self._run(
+                    _read_raw,
+                    self.custom.patch_namespaced_custom_object_status,
+                    GROUP,
+                    VERSION,
+                    namespace,
+                    plural,
+                    name,
+                    body,
+                    _content_type="application/json-patch+json",
+                    _preload_content=False,
+                )
         except ApiException as e:
             if e.status == 404 or (e.status == 422 and _failed_uid_test(e)):
                 return False
             raise
         STATUS_WRITES.labels(plural).inc()
         return True
+
+    def list_page_sync(
+        self, plural: str, namespace: str | None, token: str | None, limit: int = 500
+    ) -> dict[str, Any]:
+        """One page of a list (namespace None: cluster-wide), in the calling thread."""
+        kwargs: dict[str, Any] = {"limit": limit, "_preload_content": False}
+        if token:
+            kwargs["_continue"] = token
+        call: Any  # an urllib3 response
+        if namespace is None:
+            call = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        else:
+            call = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs
+            )
+        page: dict[str, Any] = json.loads(call.data)
+        return page
+
+    def watch_sync(
+        self, plural: str, namespace: str | None, version: str, seconds: int
+    ) -> Iterator[list[bytes]]:
+        """A watch from `version` (with bookmarks) for up to `seconds`, in the calling thread:
+        the event lines, a list per chunk received."""
+        kwargs: dict[str, Any] = {
+            "watch": True,
+            "resource_version": version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": seconds,
+            "_preload_content": False,
+            "_request_timeout": (10, seconds + 30),
+        }
+        response: Any  # an urllib3 response, read as it streams
+        if namespace is None:
+            response = self.custom.list_cluster_custom_object(GROUP, VERSION, plural, **kwargs)
+        else:
+            response = self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, **kwargs
+            )
+        try:
+            rest = b""
+            for chunk in response.stream(amt=None, decode_content=False):
+                *lines, rest = (rest + chunk).split(b"\n")
+                complete = [line for line in lines if line.strip()]
+                if complete:
+                    yield complete
+        finally:
+            response.close()  # when ended early: not handed back to the pool half-read
+            response.release_conn()
 
     async def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
@@ -296,6 +364,93 @@ class Kube:
                 ) from e
             raise
         raise KeyError(f"{kind} {namespace}/{name} has no key {key!r}")
+
+
+class StatusPatcher:
+    """JSON patches over aiohttp on the event loop. A status patch is the operator's one
+    Kubernetes call per Task, and through the sync client it cost a thread hop, the client's
+    validation of its arguments and urllib3's request building: over a quarter of the
+    operator's CPU per Task in the CR bench (bench/README.md), once Tasks left kopf. Used when
+    the client configuration is plain (a CA file or data, a client certificate, a bearer token:
+    in-cluster and kubeconfig alike); with a proxy, basic auth, a TLS server name or
+    assert_hostname the sync client makes the call instead."""
+
+    TOKEN_SECONDS = 60.0  # the bearer token is re-read (in the thread pool) this often
+
+    def __init__(self, cfg: k8s.Configuration, pool: ThreadPoolExecutor, connections: int) -> None:
+        self.cfg = cfg
+        self.pool = pool
+        self.connections = connections
+        self.session: aiohttp.ClientSession | None = None
+        self.token: str | None = None
+        self.token_read = -float("inf")
+
+    @staticmethod
+    def usable(cfg: k8s.Configuration) -> bool:
+        return not (
+            getattr(cfg, "proxy", None)
+            or getattr(cfg, "username", None)
+            or getattr(cfg, "password", None)
+            or getattr(cfg, "tls_server_name", None)
+            or getattr(cfg, "assert_hostname", None) is not None
+        )
+
+    def _ssl(self) -> ssl.SSLContext:
+        cfg = self.cfg
+        if cfg.verify_ssl:
+            ctx = ssl.create_default_context(
+                cafile=cfg.ssl_ca_cert, cadata=getattr(cfg, "ca_cert_data", None)
+            )
+        else:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return ctx
+
+    async def _authorization(self) -> str | None:
+        """The Authorization header, re-read now and then in the thread pool: the client's
+        refresh hook reads a rotated ServiceAccount token from disk, or runs an exec plugin."""
+        if time.monotonic() - self.token_read > self.TOKEN_SECONDS:
+            loop = asyncio.get_running_loop()
+            self.token = await loop.run_in_executor(
+                self.pool, self.cfg.get_api_key_with_prefix, "BearerToken", "authorization"
+            )
+            self.token_read = time.monotonic()
+        return self.token
+
+    async def patch(self, path: str, body: Any) -> None:
+        """A JSON patch; raises ApiException as the sync client would (status, reason, body)."""
+        if self.session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self.connections)
+            self.session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+            )
+        headers = {"Content-Type": "application/json-patch+json", "Accept": "application/json"}
+        token = await self._authorization()
+        if token:
+            headers["Authorization"] = token
+        url = self.cfg.host.rstrip("/") + urllib.parse.quote(path)
+        async with self.session.patch(url, data=json.dumps(body), headers=headers) as response:
+            data = await response.read()
+            if response.status >= 300:
+                if response.status == 401:
+                    self.token_read = -float("inf")  # re-read before the next call
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = data.decode("utf-8", "replace")
+                raise error
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+
+def _read_raw(fn: Any, *args: Any, **kwargs: Any) -> bytes:
+    """Call with _preload_content=False and read the answer's bytes (which frees the
+    connection for the next call)."""
+    data: bytes = fn(*args, **kwargs).data
+    return data
 
 
 def _failed_uid_test(e: ApiException) -> bool:

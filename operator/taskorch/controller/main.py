@@ -26,6 +26,7 @@ from taskorch.controller.admission import Admission
 from taskorch.controller.consumer import StatusWriter
 from taskorch.controller.kube import Kube
 from taskorch.controller.leader import LeaderElector, elector_for, standby_liveness
+from taskorch.controller.task_watch import TaskWatch
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
 from taskorch.queue.connection import warn_unless_noeviction
@@ -38,9 +39,10 @@ log = logging.getLogger("taskorch.operator")
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Every handler is an event handler, which kopf keeps no record of (no annotation writes:
-    # controller/admission.py says why); should one ever need it, its bookkeeping goes to
-    # annotations so the status subresource stays ours alone. Post only warnings as Events
-    # (the status writer posts the meaningful ones).
+    # controller/admission.py says why; Tasks are not kopf's at all: task_watch.py says why);
+    # should one ever need it, its bookkeeping goes to annotations so the status subresource
+    # stays ours alone. Post only warnings as Events (the status writer posts the meaningful
+    # ones).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskorch.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="taskorch.io", key="last-handled-configuration"
@@ -77,7 +79,10 @@ async def _main(
 
     # The metrics port is served by standbys too (KEDA may reach either replica).
     beside = {} if metrics_port is None else {"http": http.serve(pool_status, metrics_port)}
-    await run_supervised(_lead(settings, kube, elector, leading, namespaces, liveness), beside)
+    try:
+        await run_supervised(_lead(settings, kube, elector, leading, namespaces, liveness), beside)
+    finally:
+        await kube.close()
 
 
 async def _lead(
@@ -129,9 +134,12 @@ async def _lead(
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
+    users = None
     if settings.redis_acl:
         users = memo.redis_users = redis_users.RedisUsers(broker.redis, kube)
         loops["redis-users"] = users.run(namespaces)
+    # Tasks are watched by the operator itself, not by kopf (task_watch.py says why).
+    loops["task-watch"] = TaskWatch(kube, broker, admission, tracker, namespaces, users).run()
     if elector is not None:
         loops["leader-lease"] = elector.hold()
     try:

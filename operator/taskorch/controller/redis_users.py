@@ -116,6 +116,7 @@ async def _seen(memo: kopf.Memo, namespace: str | None, **_: Any) -> None:
         await users.seen(namespace)
 
 
-# Any taskorch object in a namespace makes its user (a namespace's workers serve its objects).
-for _plural in ("tasks", "workflows", "taskqueues", "schedules", "workerpools"):
+# Any taskorch object in a namespace makes its user (a namespace's workers serve its objects);
+# Tasks, which kopf does not watch, through controller/task_watch.py.
+for _plural in ("workflows", "taskqueues", "schedules", "workerpools"):
     kopf.on.event(GROUP, VERSION, _plural, id="redis-user")(_seen)

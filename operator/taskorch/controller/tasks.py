@@ -1,18 +1,17 @@
-"""Task admission (validate, enqueue: the UID is the task id) and the one kopf handler for
-Tasks, on their watch events, which feeds admission, the resync and the TTL tracker."""
+"""Task admission: validate and enqueue (the UID is the task id). The Tasks' watch events come
+from controller/task_watch.py, not from kopf."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import kopf
-import redis.exceptions
 from pydantic import ValidationError
 
 from taskorch import tracing
-from taskorch.api.base import GROUP, VERSION, duration_seconds
+from taskorch.api.base import duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TaskSpec, priority_level, runnable
 from taskorch.controller.kube import KubeAPI
@@ -27,8 +26,6 @@ from taskorch.queue.broker import Broker
 from taskorch.queue.model import MAX_PAYLOAD_BYTES, TaskRequest, dumps, now_ms, size_in_bytes
 
 log = logging.getLogger("taskorch.tasks")
-REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-RESOURCE = (GROUP, VERSION, "tasks")
 
 
 async def build_request(
@@ -83,13 +80,22 @@ async def build_request(
     )
 
 
+Enqueue = Callable[[str, str, TaskRequest], Awaitable[str]]  # namespace, queue -> the task's id
+
+
 async def admit(
-    broker: Broker, kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    broker: Broker,
+    kube: KubeAPI,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    namespace: str,
+    enqueue: Enqueue | None = None,
 ) -> dict[str, Any] | None:
     """Enqueue the Task, or decide it never runs. Returns the status to write for a Task that
     never reaches a worker (cancelled, refused, a duplicate), None once it is enqueued (the
     status writer follows it from then on). Raises Waiting while a payloadFrom source is not
-    readable yet, and Redis errors: both are retried."""
+    readable yet, and Redis errors: both are retried. `enqueue` (admission's batcher) replaces
+    a round trip of its own."""
     generation = meta.get("generation")
     if spec.get("cancel"):
         return cancelled_status(generation, now_ms())
@@ -103,7 +109,10 @@ async def admit(
     with tracing.enqueue_span(namespace, queue, request.type, 1, trace_uid=meta["uid"]) as tp:
         if tp:
             request = dataclasses.replace(request, traceparent=tp)
-        [task_id] = await broker.enqueue_many(namespace, queue, [request])
+        if enqueue is not None:
+            task_id = await enqueue(namespace, queue, request)
+        else:
+            [task_id] = await broker.enqueue_many(namespace, queue, [request])
     if task_id == request.id:
         return None
     # Another task holds the idempotencyKey: this one never runs, and says which task did.
@@ -119,24 +128,6 @@ async def admit(
         "Task", namespace, meta["name"], meta["uid"], "Normal", Reason.Duplicate, message
     )
     return status
-
-
-@kopf.on.event(*RESOURCE)
-async def task_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every watch event: admits the Task (controller/admission.py), feeds the tracker, and
-    cancels a deleted Task in Redis.
-
-    Deletion is seen here rather than by an on.delete handler because that would need a
-    finalizer, and a finalizer keeps a Task from being deleted while the operator is down. A
-    deletion the operator misses (down, or Redis unreachable) leaves the task to run once."""
-    memo.tracker.observe(event.get("type"), dict(body))
-    await memo.admission.observe(event.get("type"), dict(body))
-    if event.get("type") == "DELETED":
-        meta, spec = body["metadata"], body.get("spec", {})
-        try:
-            await memo.broker.cancel(meta["namespace"], spec.get("queue", "default"), meta["uid"])
-        except REDIS_ERRORS as e:
-            log.warning("could not cancel deleted %s/%s: %s", meta["namespace"], meta["name"], e)
 
 
 async def reenqueue(

@@ -4,7 +4,7 @@ in-flight Tasks against Redis, and deletion of finished Tasks after ttlSecondsAf
 kopf puts a finalizer on every object a timer or daemon serves, and a finalizer makes a Task
 undeletable while the operator is down (a namespace hangs in Terminating, the CRD cannot be
 removed after `helm uninstall`). So the Tasks are followed from the watch events (`observe`,
-called by a kopf event handler) and served by one background loop and per-Task TTL timers.
+called by controller/task_watch.py) and served by one background loop and per-Task TTL timers.
 """
 
 from __future__ import annotations
