@@ -95,6 +95,31 @@ def drain(
 ) -> dict[str, Any]:
     """`repeats` drains of one system: min / median / max of each figure."""
     runs = [drain_once(name, system, url, n, io, logdir) for _ in range(repeats)]
+    return summary(name, system, n, io, runs)
+
+
+def drain_rounds(
+    systems: list[tuple[str, ModuleType]],
+    url: str,
+    n: int,
+    io: bool,
+    logdir: Path,
+    repeats: int = 3,
+) -> list[dict[str, Any]]:
+    """Every system once per round, `repeats` rounds: a machine whose speed drifts over the
+    minutes (a shared 2-core VM does) then weighs on every system alike, not on whichever ran
+    in the slow minutes."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in systems}
+    for round_ in range(repeats):
+        for name, module in systems:
+            print(f"  round {round_ + 1}/{repeats}: {name} ...", flush=True)
+            runs[name].append(drain_once(name, module, url, n, io, logdir))
+    return [summary(name, module, n, io, runs[name]) for name, module in systems]
+
+
+def summary(
+    name: str, system: ModuleType, n: int, io: bool, runs: list[dict[str, Any]]
+) -> dict[str, Any]:
     rates = [run["tasks_per_s"] for run in runs]
     return {
         "system": name,

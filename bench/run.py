@@ -4,6 +4,7 @@ table in bench/README.md."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -25,50 +26,80 @@ N_CR = int(sys.argv[2]) if len(sys.argv) > 2 else 500
 N_DRAIN, N_DRAIN_IO = 20_000, 5_000
 
 
+SECTIONS = ("drain", "sdk", "cr", "workflow", "scaling", "server", "queue_policy")
+
+
 def main() -> None:
+    """Every section, or only those in BENCH_ONLY (comma-separated, e.g. `BENCH_ONLY=drain
+    make bench`): those replace their figures in latest.json, each stamped with its own time."""
+    only = {s for s in os.environ.get("BENCH_ONLY", "").split(",") if s}
+    if unknown := only - set(SECTIONS):
+        raise SystemExit(f"BENCH_ONLY: no section {sorted(unknown)}; sections: {SECTIONS}")
+    latest = HERE / "results" / "latest.json"
+    results: dict[str, Any] = json.loads(latest.read_text()) if only and latest.exists() else {}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    stamps = results.setdefault("sections_when", {})
+    if not only:
+        results["when"] = now
+        stamps.clear()
+
+    def want(section: str) -> bool:
+        if only and section not in only:
+            return False
+        stamps[section] = now
+        return True
+
     work = Path(tempfile.mkdtemp(prefix="taskorch-bench-"))
     # The peers' apps read BENCH_REDIS_URL when imported; serve exactly that address.
     server = RedisServer(work / "redis", port=int(REDIS_URL.rsplit(":", 1)[1].split("/")[0]))
     server.start()
     try:
-        results: dict[str, Any] = {
-            "when": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
-        }
         systems = sdk.systems()
-        results["drain"] = drains(systems, server, work)
-        save(results)  # a later section's failure must not lose half an hour of drains
-        server.restart()
-        rows = []
-        for name, module in systems:
-            print(f"sdk end to end: {name} ...", flush=True)
-            rows.append(sdk.run_system(name, module, server.url, N_SDK, work))
-        best_peer = max(r["tasks_per_s"] for r in rows if r["system"] != "taskorch")
-        for r in rows:
-            r["ratio_vs_fastest_peer"] = round(r["tasks_per_s"] / best_peer, 2)
-        results["sdk_end_to_end"] = rows
-        print("sdk: batched enqueue ...", flush=True)
-        results["taskorch_batched_enqueue"] = sdk.taskorch_batched_enqueue(server.url, 100_000)
-        print("sdk: idle pickup latency ...", flush=True)
-        results["taskorch_idle_pickup_latency"] = sdk.taskorch_idle_latency(server.url, 200, work)
-        server.restart()
-        print("cr: Task CRs ...", flush=True)
-        results["cr_path"] = cr.run(server.url, N_CR, work)
-        server.restart()
-        print("workflow: pipeline and fan-out ...", flush=True)
-        results["workflow"] = workflow.run(server.url, work)
-        server.restart()
-        print("scaling: WorkerPool reaction and scale-down soak ...", flush=True)
-        results["scaling"] = scaling.run(server.url, work)
-        server.restart()
-        print("server: HTTP submit vs SDK, dashboard pages with 100,000 queued ...", flush=True)
-        results["server"] = server_bench.run(server.url)
-        server.restart()
-        print("queue policy: concurrency keys vs plain, rate limit ...", flush=True)
-        results["queue_policy"] = {
-            "concurrency_keys": queue_policy.keys_vs_plain(server.url, work),
-            "rate_limit": queue_policy.rate_limit_accuracy(server.url, work),
-        }
+        if want("drain"):
+            results["drain"] = drains(systems, server, work)
+            save(results)  # a later section's failure must not lose half an hour of drains
+            server.restart()
+        if want("sdk"):
+            rows = []
+            for name, module in systems:
+                print(f"sdk end to end: {name} ...", flush=True)
+                rows.append(sdk.run_system(name, module, server.url, N_SDK, work))
+            best_peer = max(r["tasks_per_s"] for r in rows if r["system"] != "taskorch")
+            for r in rows:
+                r["ratio_vs_fastest_peer"] = round(r["tasks_per_s"] / best_peer, 2)
+            results["sdk_end_to_end"] = rows
+            print("sdk: batched enqueue ...", flush=True)
+            results["taskorch_batched_enqueue"] = sdk.taskorch_batched_enqueue(server.url, 100_000)
+            print("sdk: idle pickup latency ...", flush=True)
+            results["taskorch_idle_pickup_latency"] = sdk.taskorch_idle_latency(
+                server.url, 200, work
+            )
+            server.restart()
+        if want("cr"):
+            print("cr: Task CRs ...", flush=True)
+            results["cr_path"] = cr.run(server.url, N_CR, work)
+            server.restart()
+        if want("workflow"):
+            print("workflow: pipeline and fan-out ...", flush=True)
+            results["workflow"] = workflow.run(server.url, work)
+            server.restart()
+        if want("scaling"):
+            print("scaling: WorkerPool reaction and scale-down soak ...", flush=True)
+            results["scaling"] = scaling.run(server.url, work)
+            server.restart()
+        if want("server"):
+            print("server: HTTP submit vs SDK, dashboard pages with 100,000 queued ...", flush=True)
+            results["server"] = server_bench.run(server.url)
+            server.restart()
+        if want("queue_policy"):
+            print("queue policy: concurrency keys vs plain, rate limit ...", flush=True)
+            results["queue_policy"] = {
+                "concurrency_keys": queue_policy.keys_vs_plain(server.url, work),
+                "rate_limit": queue_policy.rate_limit_accuracy(server.url, work),
+            }
     finally:
         server.stop()
     save(results)
@@ -99,10 +130,8 @@ def drains(
         ("noop_fsync_always", False, N_DRAIN),
         ("io_10ms_fsync_always", True, N_DRAIN_IO),
     ):
-        out[mode] = []
-        for name, module in systems:
-            print(f"drain ({mode}): {name} ...", flush=True)
-            out[mode].append(drain.drain(name, module, url, n, io, work))
+        print(f"drain ({mode}), every system once per round:", flush=True)
+        out[mode] = drain.drain_rounds(systems, url, n, io, work)
     fastest = sorted(
         (r for r in out["noop_fsync_always"] if r["system"] != "taskorch"),
         key=lambda r: -r["tasks_per_s"]["median"],
@@ -111,11 +140,10 @@ def drains(
     # Off until the caller restarts the server (its flags turn AOF back on). Not CONFIG SET
     # appendonly yes: Redis refuses to shut down while it writes the initial AOF that starts.
     redis.Redis.from_url(url).config_set("appendonly", "no")
-    out["noop_no_persistence"] = []
-    for name, module in systems:
-        if name in chosen:
-            print(f"drain (no persistence): {name} ...", flush=True)
-            out["noop_no_persistence"].append(drain.drain(name, module, url, N_DRAIN, False, work))
+    print("drain (no persistence), every chosen system once per round:", flush=True)
+    out["noop_no_persistence"] = drain.drain_rounds(
+        [(name, module) for name, module in systems if name in chosen], url, N_DRAIN, False, work
+    )
     for rows in out.values():
         best = max(x["tasks_per_s"]["median"] for x in rows if x["system"] != "taskorch")
         for x in rows:
@@ -149,7 +177,12 @@ def render_drains(d: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def render(r: dict[str, Any]) -> str:
     lines = [
-        f"Run {r['when']} on {r['machine']}.",
+        f"Run {r['when']} on {r['machine']}."
+        + "".join(
+            f" Rerun alone: {k} at {v}."
+            for k, v in sorted(r.get("sections_when", {}).items())
+            if v != r["when"]
+        ),
         *render_drains(r["drain"]),
         "",
         f"End to end (enqueue through each system's usual API while its 2 workers run, one run), {N_SDK} no-op tasks:",
