@@ -44,6 +44,10 @@ class Inspector:
         refs = sorted(text(r) for r in await self.redis.smembers(keys.QUEUES))
         return [keys.split_queue_ref(r) for r in refs]
 
+    async def queues_of(self, namespace: str) -> list[str]:
+        """The queues of one namespace, sorted."""
+        return [q for ns, q in await self.queues() if ns == namespace]
+
     async def stats(self, namespace: str, queue: str) -> QueueStats:
         """Backlog, in-flight, delayed, dead, paused and the oldest ready task's age."""
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -263,7 +263,7 @@ async def delete_task(
 )
 async def list_queues(namespace: Namespace, b: BrokerDep) -> list[QueueView]:
     inspector = Inspector(b)
-    names = [q for ns, q in await inspector.queues() if ns == namespace]
+    names = await inspector.queues_of(namespace)
     return [QueueView.of(await inspector.stats(namespace, q)) for q in names]
 
 

@@ -212,7 +212,7 @@ async def _queues_html(request: Request, caller: Caller, ns: str) -> str:
     await _allow(request, caller, "list", "taskqueues", ns)
     _, _, inspector, history, _ = _state(request)
     rows = []
-    for q in [q for n, q in await inspector.queues() if n == ns]:
+    for q in await inspector.queues_of(ns):
         stats = await inspector.stats(ns, q)
         series = history.series(ns, q)
         rows.append(
@@ -277,11 +277,6 @@ async def queue_action(request: Request, ns: Namespace, queue: Queue, verb: str)
 # --- tasks ------------------------------------------------------------------------------------
 
 
-async def _queue_names(request: Request, ns: str) -> list[str]:
-    _, _, inspector, _, _ = _state(request)
-    return [q for n, q in await inspector.queues() if n == ns]
-
-
 async def _tasks_html(
     request: Request, caller: Caller, ns: str, queue: str, state: str, type_: str, offset: int
 ) -> str:
@@ -333,7 +328,7 @@ async def tasks_page(
         caller,
         ns=ns,
         queue=queue,
-        queues=await _queue_names(request, ns),
+        queues=await Inspector(request.app.state.broker).queues_of(ns),
         state=state,
         states=("recent", *LISTABLE),
         type_=type,
@@ -430,7 +425,7 @@ async def dead_page(
         caller,
         ns=ns,
         queue=queue,
-        queues=await _queue_names(request, ns),
+        queues=await Inspector(request.app.state.broker).queues_of(ns),
         type_=type,
         body=body,
         live=f"/ns/{ns}/live/tasks?"

@@ -482,9 +482,10 @@ class Worker:
                 return settle(Outcome.release, "", "Released")
             return None  # lease lost: the attempt that replaced it owns the task now
         except Exception as e:
+            elapsed = time.perf_counter() - started
             metrics.FAILED.labels(*labels).inc()
-            self._count(c.type, failed=True, seconds=time.perf_counter() - started)
-            metrics.DURATION.labels(*labels).observe(time.perf_counter() - started)
+            metrics.DURATION.labels(*labels).observe(elapsed)
+            self._count(c.type, failed=True, seconds=elapsed)
             if isinstance(e, NonRetryable):
                 return dead(e, e.reason)
             if not policy.retries(e):
@@ -496,8 +497,9 @@ class Worker:
             label = "TimedOut" if isinstance(e, TimeoutError) else "Failed"
             delay_ms = int(policy.delay(c.failures + 1) * 1000)
             return settle(Outcome.retry, data, label, short, delay_ms)
+        elapsed = time.perf_counter() - started
         succeeded, duration = metrics.on_success(*labels)
-        duration.observe(time.perf_counter() - started)
+        duration.observe(elapsed)
         try:
             data = "null" if result is None else dumps(result)
         except (TypeError, ValueError) as e:
@@ -506,7 +508,7 @@ class Worker:
             too_large = ValueError(f"result is {size} bytes as JSON, over {MAX_RESULT_BYTES}")
             return dead(too_large, Reason.ResultTooLarge)
         succeeded.inc()
-        self._count(c.type, failed=False, seconds=time.perf_counter() - started)
+        self._count(c.type, failed=False, seconds=elapsed)
         return settle(Outcome.ok, data, "Succeeded")
 
     def _count(self, type_: str, *, failed: bool, seconds: float) -> None:
