@@ -35,6 +35,18 @@ class NonRetryable(TaskorchError):
         self.details = details or {}
 
 
+class AttemptFailed(TaskorchError):
+    """A failed attempt that names its own reason (lastError.reason, instead of HandlerError)
+    and whose `details` (e.g. a container's last log lines) stand in for the traceback. Retried
+    per the task's policy, like any other error."""
+
+    reason: str = "HandlerError"
+
+    def __init__(self, message: str, details: str | None = None) -> None:
+        super().__init__(message)
+        self.details = details
+
+
 class Refused(TaskorchError):
     """A Task the operator can never enqueue as written: it fails with this reason."""
 

@@ -79,6 +79,31 @@ class Settings(BaseSettings):
         description="How long a silent leader keeps the Lease: a standby takes over this long "
         "after the last renewal. The leader renews every 2/15 of it and gives up after 2/3.",
     )
+    container_tasks: bool = Field(
+        default=False,
+        description="Operator: run Tasks and Workflow steps that have spec.container as one "
+        "Kubernetes Job per attempt. Needs RBAC on jobs and pods (the chart's "
+        "operator.containerTasks.enabled gives both); off, such Tasks fail with reason "
+        "ContainerTasksDisabled.",
+    )
+    container_concurrency: int = Field(
+        default=100,
+        ge=1,
+        description="Operator: container tasks of one namespace whose Jobs run at once (a "
+        "TaskQueue named taskorch.jobs can set a lower cap, a rate limit, or pause them).",
+    )
+    container_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Operator: how often the running container tasks' Jobs and pods are listed "
+        "(two list calls per namespace, however many run).",
+    )
+    image_pull_grace_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Operator: how long a container task's pod may wait in ImagePullBackOff or "
+        "CreateContainerConfigError before the attempt fails (retried per the task's policy).",
+    )
     server_history_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -111,6 +111,8 @@ def test_chart_lints_and_renders_least_privilege_defaults(cluster: Cluster) -> N
     [role] = by_kind(docs, "ClusterRole")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert "secrets" not in resources, "reading Secrets is opt-in (rbac.readSecrets)"
+    assert "jobs" not in resources, "container tasks are opt-in (operator.containerTasks)"
+    assert "TASKORCH_CONTAINER_TASKS" not in env
     assert all("*" not in rule["verbs"] for rule in role["rules"])
     assert not any(
         "delete" in rule["verbs"] for rule in role["rules"] if rule["apiGroups"] != ["taskorch.io"]
@@ -161,6 +163,15 @@ def test_chart_renders_every_optional_feature(cluster: Cluster) -> None:
     pdbs = {p["metadata"]["name"]: p["spec"] for p in by_kind(docs, "PodDisruptionBudget")}
     assert pdbs["taskorch-operator"]["minAvailable"] == 1
     assert any("secrets" in rule["resources"] for rule in roles[0]["rules"])
+    assert {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "verbs": ["get", "list", "create", "delete"],
+    } in roles[0]["rules"]
+    op_env = {
+        e["name"]: e.get("value") for e in op["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert op_env["TASKORCH_CONTAINER_TASKS"] == "true"
     args = deployment(docs, "operator")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
     [dashboard] = [d for d in by_kind(docs, "ConfigMap") if "dashboard" in d["metadata"]["name"]]

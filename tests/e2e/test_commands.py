@@ -43,13 +43,13 @@ def test_a_command_task_succeeds_with_its_stdout_in_status(
     [
         (
             {"type": "noop", "command": ["echo"]},
-            "set exactly one of type (a handler) and command",
+            "set exactly one of type (a handler), command and container",
         ),
         (
             {"command": []},
             "spec.command: Invalid value: 0: spec.command in body should have at least 1 items",
         ),
-        ({}, "set exactly one of type (a handler) and command"),
+        ({}, "set exactly one of type (a handler), command and container"),
         (
             {"command": ["echo"], "payload": {"a": 1}},
             "a command takes env and workingDir, not payload",

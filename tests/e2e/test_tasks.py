@@ -273,7 +273,7 @@ def refused(cluster: Cluster, namespace: str, spec: dict[str, Any]) -> str:
 
 
 def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namespace: str) -> None:
-    assert "set exactly one of type (a handler) and command" in refused(
+    assert "set exactly one of type (a handler), command and container" in refused(
         cluster, namespace, {"queue": "default"}
     )
     err = refused(cluster, namespace, {"type": "t", "priority": "urgent"})

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local control plane: etcd, kube-apiserver (RBAC, service-account token signing),
 # kube-controller-manager, kube-scheduler and kwok faking nodes, all as local processes started
-# by kwokctl's binary runtime from the binaries build-tools.sh cached.
+# by kwokctl's binary runtime from the binaries build-tools.sh cached. kwok's pod stages come
+# from kwok-stages.yaml (its defaults, plus the failures the container-task tests ask for).
 #   cluster.sh up NAME KUBECONFIG   create (or reuse) the cluster, write its kubeconfig, add nodes
 #   cluster.sh down NAME            stop it and remove its processes and state
 set -euo pipefail
@@ -23,9 +24,15 @@ case "$cmd" in
   up)
     kubeconfig="$(realpath -m "${3:?kubeconfig path}")"
     mkdir -p "$(dirname "$kubeconfig")"
+    config="$KWOK_WORKDIR/clusters/$name/kwok.yaml"
+    if kwokctl get clusters 2>/dev/null | grep -qx "$name" \
+      && ! grep -q taskorch-pod-keep-running "$config" 2>/dev/null; then
+      kwokctl delete cluster --name "$name" >&2  # made before kwok-stages.yaml: without them
+    fi
     if ! kwokctl get clusters 2>/dev/null | grep -qx "$name"; then
       kwokctl create cluster --name "$name" --runtime binary \
         --kube-authorization \
+        --config "$here/kwok-stages.yaml" \
         --etcd-binary "$bin/etcd" \
         --kube-apiserver-binary "$bin/kube-apiserver" \
         --kube-controller-manager-binary "$bin/kube-controller-manager" \

@@ -88,7 +88,7 @@ def test_submit_then_get_returns_the_queued_task(api: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "field", "words"),
     [
-        ({"payload": {}}, ["body"], "set exactly one of type (a handler) and command"),
+        ({"payload": {}}, ["body"], "set exactly one of type (a handler), command and container"),
         ({"type": "x", "priority": "urgent"}, ["body", "priority"], "'high'"),
         ({"type": "x", "retry": {"maxAttempts": 0}}, ["body", "retry", "maxAttempts"], "1"),
         ({"type": "x", "timeout": "soon"}, ["body", "timeout"], "pattern"),

@@ -63,3 +63,8 @@ class Condition(ApiModel):
     observed_generation: int | None = Field(
         default=None, description="The .metadata.generation the condition was set from."
     )
+
+
+class KeyRef(ApiModel):
+    name: str = Field(description="Name of the Secret or ConfigMap in the Task's namespace.")
+    key: str = Field(description="The key whose value is used.")

@@ -41,8 +41,19 @@ class Reason(StrEnum):
     LostWorkerLimit = "LostWorkerLimit"
     CommandNotAllowed = "CommandNotAllowed"  # outside the worker's --allow-commands
     CommandNotFound = "CommandNotFound"  # no such executable on the worker
-    # a failed attempt that will be retried (lastError.reason)
+    # container tasks: refused by the operator (phase Failed) or dead-lettered at once
+    ContainerTasksDisabled = "ContainerTasksDisabled"
+    InvalidImage = "InvalidImage"
+    # a failed attempt that will be retried (lastError.reason): a handler's error, or what
+    # Kubernetes reported of a container task's pod (controller/job_outcome.py)
     HandlerError = "HandlerError"
+    ContainerFailed = "ContainerFailed"
+    OOMKilled = "OOMKilled"
+    ImagePullBackOff = "ImagePullBackOff"
+    ContainerConfigError = "ContainerConfigError"
+    PodEvicted = "PodEvicted"
+    JobFailed = "JobFailed"
+    JobDeleted = "JobDeleted"
     # TaskQueue Ready condition (False: InvalidSpec or RedisUnreachable)
     Configured = "Configured"
     # WorkerPool: MetricsAvailable (False: RedisUnreachable), ScalingActive (False: ExternalOwner,

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, JsonValue, model_validator
 
-from taskorch.api.base import ApiModel, Condition, Duration, duration_seconds
+from taskorch.api.base import ApiModel, Condition, Duration, KeyRef, duration_seconds
+from taskorch.api.container import CONTAINER_TYPE, JOBS_QUEUE, ContainerSpec
 
 # Named priorities map onto the 0–9 scale (9 most urgent), leaving room above and below them.
 PRIORITY_NAMES = {"high": 8, "normal": 5, "low": 2}
@@ -105,11 +106,6 @@ class RetryPolicy(ApiModel):
         return self
 
 
-class KeyRef(ApiModel):
-    name: str = Field(description="Name of the Secret or ConfigMap in the Task's namespace.")
-    key: str = Field(description="The key whose value is used.")
-
-
 class PayloadSource(ApiModel):
     """A payload field filled in by the operator at enqueue time from a Secret or ConfigMap key."""
 
@@ -154,6 +150,7 @@ Command = Annotated[
 _IMMUTABLE = (
     "type",
     "command",
+    "container",
     "env",
     "workingDir",
     "queue",
@@ -169,6 +166,19 @@ _IMMUTABLE = (
     "concurrencyKey",
     "maxConcurrent",
 )
+
+
+# Exactly one of type, command and container: one CEL rule for Tasks and Workflow steps.
+ONE_KIND_OF_WORK = (
+    "(has(self.type) ? 1 : 0) + (has(self.command) ? 1 : 0) + (has(self.container) ? 1 : 0) == 1"
+)
+ONE_KIND_OF_WORK_MESSAGE = "set exactly one of type (a handler), command and container"
+
+
+def one_kind_of_work(type_: str | None, command: object, container: object) -> None:
+    """The CEL rule, for callers that do not go through the API server."""
+    if sum(v is not None for v in (type_, command, container)) != 1:
+        raise ValueError(ONE_KIND_OF_WORK_MESSAGE)
 
 
 def _unchanged(field: str) -> str:
@@ -189,8 +199,20 @@ class TaskSpec(ApiModel):
                     "message": "set at most one of runAt and delay",
                 },
                 {
-                    "rule": "has(self.type) != has(self.command)",
-                    "message": "set exactly one of type (a handler) and command",
+                    "rule": ONE_KIND_OF_WORK,
+                    "message": ONE_KIND_OF_WORK_MESSAGE,
+                },
+                {
+                    "rule": "!has(self.container) || (!has(self.payload)"
+                    " && !has(self.payloadFrom) && !has(self.env) && !has(self.workingDir))",
+                    "message": "a container takes its env and workingDir inside container, "
+                    "and no payload or payloadFrom",
+                },
+                {
+                    "rule": "!has(self.container) || self.queue == 'default'",
+                    "message": f"a container task waits on the operator's {JOBS_QUEUE} queue: "
+                    "leave queue unset",
+                    "fieldPath": ".queue",
                 },
                 {
                     "rule": "has(self.command) ? !has(self.payload) && !has(self.payloadFrom)"
@@ -210,9 +232,14 @@ class TaskSpec(ApiModel):
     type: TaskType | None = Field(
         default=None,
         description="Name of the handler that runs this task, as registered in the workers "
-        "(exactly one of type and command).",
+        "(exactly one of type, command and container).",
     )
     command: Command | None = None
+    container: ContainerSpec | None = Field(
+        default=None,
+        description="Run this container as a Kubernetes Job per attempt, created by the "
+        "operator (where the chart enables container tasks) and owned by the Task.",
+    )
     env: list[EnvVar] | None = Field(
         default=None, max_length=64, description="Environment variables of the command."
     )
@@ -289,11 +316,18 @@ class TaskSpec(ApiModel):
     @model_validator(mode="after")
     def _one_kind_of_work(self) -> TaskSpec:
         # The CEL rules above, for callers that do not go through the API server.
-        if (self.type is None) == (self.command is None):
-            raise ValueError("set exactly one of type (a handler) and command")
+        one_kind_of_work(self.type, self.command, self.container)
+        if self.container is not None and (
+            self.payload is not None or self.payload_from or self.env or self.working_dir
+        ):
+            raise ValueError(
+                "a container takes its env and workingDir inside container, and no payload"
+            )
+        if self.container is not None and self.queue != "default":
+            raise ValueError(f"a container task waits on the operator's {JOBS_QUEUE} queue")
         if self.command is not None and (self.payload is not None or self.payload_from):
             raise ValueError("a command takes env and workingDir, not payload or payloadFrom")
-        if self.command is None and (self.env or self.working_dir):
+        if self.type is not None and (self.env or self.working_dir):
             raise ValueError("env and workingDir go with a command, not a handler (type)")
         return self
 
@@ -375,13 +409,29 @@ class TaskStatus(ApiModel):
     next_retry_at: datetime | None = None
 
 
+def task_queue(spec: dict[str, Any]) -> str:
+    """The queue a Task (as stored: camelCase JSON) waits on: its own, or a container task's
+    JOBS_QUEUE."""
+    return JOBS_QUEUE if spec.get("container") else str(spec.get("queue") or "default")
+
+
 def runnable(spec: TaskSpec, payload: JsonValue = None) -> tuple[str, JsonValue]:
-    """The queue's (type, payload) of a Task spec: a handler's, or a command's (the argv, env
-    and working directory as the payload of the built-in COMMAND_TYPE)."""
+    """The queue's (type, payload) of a Task spec: a handler's, a command's (the argv, env and
+    working directory as the payload of the built-in COMMAND_TYPE), or a container's (its pod
+    spec; the operator adds the Job's owner, controller/container_tasks.py)."""
+    if spec.container is not None:
+        return CONTAINER_TYPE, {"container": container_payload(spec.container)}
     if spec.command is None:
         assert spec.type is not None  # the model's check (and the CRD's CEL rule)
         return spec.type, payload
     return COMMAND_TYPE, command_payload(spec.command, spec.env, spec.working_dir)
+
+
+def container_payload(container: ContainerSpec) -> dict[str, JsonValue]:
+    dumped: dict[str, JsonValue] = container.model_dump(
+        mode="json", by_alias=True, exclude_none=True
+    )
+    return dumped
 
 
 def command_payload(

@@ -15,7 +15,10 @@ from pydantic import Field, JsonValue, model_validator
 from pydantic.config import JsonDict
 
 from taskorch.api.base import ApiModel, Condition, Duration
+from taskorch.api.container import JOBS_QUEUE, ContainerSpec
 from taskorch.api.task import (
+    ONE_KIND_OF_WORK,
+    ONE_KIND_OF_WORK_MESSAGE,
     Command,
     ConcurrencyKey,
     EnvVar,
@@ -24,6 +27,7 @@ from taskorch.api.task import (
     QueueName,
     RetryPolicy,
     TaskType,
+    one_kind_of_work,
 )
 
 MAX_STEPS = 200
@@ -39,7 +43,8 @@ class OnFailure(StrEnum):
 
 
 class WorkflowStep(ApiModel):
-    """One step: a task of `type` whose payload may reference upstream results."""
+    """One step: a handler (`type`), a `command` or a `container`, whose input may reference
+    upstream results."""
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -49,9 +54,12 @@ class WorkflowStep(ApiModel):
                     "message": "a step cannot depend on itself",
                     "fieldPath": ".dependsOn",
                 },
+                {"rule": ONE_KIND_OF_WORK, "message": ONE_KIND_OF_WORK_MESSAGE},
                 {
-                    "rule": "has(self.type) != has(self.command)",
-                    "message": "set exactly one of type (a handler) and command",
+                    "rule": "!has(self.container) || (!has(self.payload) && !has(self.env)"
+                    " && !has(self.workingDir) && !has(self.queue))",
+                    "message": "a container step takes its env and workingDir inside container, "
+                    f"no payload, and no queue (it waits on the operator's {JOBS_QUEUE} queue)",
                 },
                 {
                     "rule": "has(self.command) ? !has(self.payload)"
@@ -73,6 +81,11 @@ class WorkflowStep(ApiModel):
         default=None,
         description="Run this argv on a worker started with --allow-commands instead of a "
         "handler; its strings may reference upstream results like a payload's.",
+    )
+    container: ContainerSpec | None = Field(
+        default=None,
+        description="Run this container as a Kubernetes Job per attempt (as a Task's "
+        "spec.container); its args may reference upstream results like a payload's.",
     )
     env: list[EnvVar] | None = Field(
         default=None, max_length=64, description="Environment variables of the command."
@@ -116,11 +129,19 @@ class WorkflowStep(ApiModel):
     @model_validator(mode="after")
     def _one_kind_of_work(self) -> WorkflowStep:
         # The CEL rules above, for the operator's own validation of a stored spec.
-        if (self.type is None) == (self.command is None):
-            raise ValueError(f"step {self.name}: set exactly one of type (a handler) and command")
+        try:
+            one_kind_of_work(self.type, self.command, self.container)
+        except ValueError as e:
+            raise ValueError(f"step {self.name}: {e}") from None
+        if self.container is not None and (
+            self.payload is not None or self.env or self.working_dir or self.queue
+        ):
+            raise ValueError(
+                f"step {self.name}: a container step takes no payload, env, workingDir or queue"
+            )
         if self.command is not None and self.payload is not None:
             raise ValueError(f"step {self.name}: a command step takes env, not payload")
-        if self.command is None and (self.env or self.working_dir):
+        if self.type is not None and (self.env or self.working_dir):
             raise ValueError(f"step {self.name}: env and workingDir go with a command")
         return self
 

@@ -17,7 +17,8 @@ from typing import Any
 import redis.exceptions
 
 from taskorch.api.reasons import Reason
-from taskorch.api.task import TERMINAL_PHASES
+from taskorch.api.task import TERMINAL_PHASES, task_queue
+from taskorch.controller.job_runner import JobRunners
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import cancelled_status, pending_status
 from taskorch.controller.tasks import admit
@@ -42,9 +43,16 @@ def succeeded_reason(status: dict[str, Any]) -> str | None:
 
 
 class Admission:
-    def __init__(self, broker: Broker, kube: KubeAPI, first_delay: float = 2.0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        kube: KubeAPI,
+        first_delay: float = 2.0,
+        jobs: JobRunners | None = None,
+    ) -> None:
         self.broker = broker
         self.kube = kube
+        self.jobs = jobs  # the operator's job runners, when it runs container tasks
         self.first_delay = first_delay
         self.retries: dict[str, asyncio.Task[None]] = {}
         self.failures: dict[str, int] = {}
@@ -101,8 +109,16 @@ class Admission:
             return
         try:
             admitted = await admit(
-                self.broker, self.kube, spec, meta, meta["namespace"], self.batcher.enqueue
+                self.broker,
+                self.kube,
+                spec,
+                meta,
+                meta["namespace"],
+                self.batcher.enqueue,
+                container_tasks=self.jobs is not None,
             )
+            if self.jobs is not None and spec.get("container"):
+                self.jobs.ensure(meta["namespace"])
         except Waiting as e:
             await self._write_waiting(body, pending_status(e.reason, str(e), generation, now_ms()))
             self._retry_later(body)
@@ -122,7 +138,7 @@ class Admission:
         meta, spec = body["metadata"], body.get("spec") or {}
         generation = meta.get("generation")
         state = await self.broker.cancel(
-            meta["namespace"], spec.get("queue", "default"), meta["uid"], generation
+            meta["namespace"], task_queue(spec), meta["uid"], generation
         )
         if state is None:  # never reached the queue (suspended, or waiting): it ends here
             await self._write(body, cancelled_status(generation, now_ms()))

@@ -75,6 +75,7 @@ class Kube:
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.apps = k8s.AppsV1Api(api)
+        self.batch = k8s.BatchV1Api(api)
         self.coordination = k8s.CoordinationV1Api(api)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kube")
         self.patcher = StatusPatcher(cfg, self.pool, threads) if StatusPatcher.usable(cfg) else None
@@ -297,6 +298,50 @@ class Kube:
             for p in got.items
             if p.metadata.deletion_timestamp is None
         ]
+
+    # -- Jobs of container tasks (JSON as the API server sends it: nothing is turned into models)
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create the Job; False when one of its name exists already."""
+        created = await self._unless(
+            (409,), self.batch.create_namespaced_job, namespace, body, _preload_content=False
+        )
+        return created is not None
+
+    async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        response = await self._unless(
+            (404,), self.batch.read_namespaced_job, name, namespace, _preload_content=False
+        )
+        return None if response is None else dict(json.loads(response.data))
+
+    async def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        response = await self._run(
+            self.batch.list_namespaced_job,
+            namespace,
+            label_selector=selector,
+            _preload_content=False,
+        )
+        return list(json.loads(response.data).get("items") or [])
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        response = await self._run(
+            self.core.list_namespaced_pod,
+            namespace,
+            label_selector=selector,
+            _preload_content=False,
+        )
+        return list(json.loads(response.data).get("items") or [])
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete the Job and, in the background, its pods; a Job already gone is fine."""
+        await self._unless(
+            (404,),
+            self.batch.delete_namespaced_job,
+            name,
+            namespace,
+            propagation_policy="Background",
+            _preload_content=False,
+        )
 
     async def annotate_pod(self, namespace: str, pod: str, key: str, value: str | None) -> None:
         """Set (or with None remove) one annotation; a vanished pod is fine."""

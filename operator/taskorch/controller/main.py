@@ -24,6 +24,7 @@ from taskorch.controller import (
 )
 from taskorch.controller.admission import Admission
 from taskorch.controller.consumer import StatusWriter
+from taskorch.controller.job_runner import JobRunners
 from taskorch.controller.kube import Kube
 from taskorch.controller.leader import LeaderElector, elector_for, standby_liveness
 from taskorch.controller.task_watch import TaskWatch
@@ -99,17 +100,18 @@ async def _lead(
             await elector.acquire()
     broker = Broker.from_url(settings.redis_url, settings, health_check_interval=10)
     await warn_unless_noeviction(broker.redis)
+    jobs = JobRunners(broker, kube, settings, namespaces) if settings.container_tasks else None
     tracker = Tracker(
         broker,
         kube,
-        functools.partial(tasks.reenqueue, broker, kube),
+        functools.partial(tasks.reenqueue, broker, kube, jobs is not None),
         resync_seconds=settings.resync_seconds,
     )
-    runner = workflows.WorkflowRunner(broker, kube)
+    runner = workflows.WorkflowRunner(broker, kube, jobs)
     queues = taskqueues.TaskQueueRunner(broker, kube, settings.queue_status_seconds)
     cron = schedules.ScheduleRunner(kube)
     pools = leading["pools"] = workerpools.WorkerPoolRunner(broker, kube)
-    admission = Admission(broker, kube)
+    admission = Admission(broker, kube, jobs=jobs)
     memo = kopf.Memo(
         admission=admission,
         broker=broker,
@@ -134,6 +136,8 @@ async def _lead(
         "schedules": cron.run(),
         "workerpools": pools.run(),
     }
+    if jobs is not None:
+        loops["job-runners"] = jobs.run()
     users = None
     if settings.redis_acl:
         users = memo.redis_users = redis_users.RedisUsers(broker.redis, kube)

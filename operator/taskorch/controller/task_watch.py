@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import redis.exceptions
 
+from taskorch.api.task import task_queue
 from taskorch.controller.admission import Admission, Step
 from taskorch.controller.tracker import Tracker
 from taskorch.queue.broker import Broker
@@ -224,7 +225,7 @@ class TaskWatch:
         unreachable) leaves the task to run once."""
         meta, spec = body["metadata"], body.get("spec") or {}
         try:
-            await self.broker.cancel(meta["namespace"], spec.get("queue", "default"), meta["uid"])
+            await self.broker.cancel(meta["namespace"], task_queue(spec), meta["uid"])
         except REDIS_ERRORS as e:
             log.warning("could not cancel deleted %s/%s: %s", meta["namespace"], meta["name"], e)
 

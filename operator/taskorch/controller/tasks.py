@@ -13,7 +13,8 @@ from pydantic import ValidationError
 from taskorch import tracing
 from taskorch.api.base import duration_seconds
 from taskorch.api.reasons import Reason
-from taskorch.api.task import TaskSpec, priority_level, runnable
+from taskorch.api.task import TaskSpec, priority_level, runnable, task_queue
+from taskorch.controller.container_tasks import CONTAINERS_DISABLED, Owner, with_job
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import (
     cancelled_status,
@@ -29,12 +30,18 @@ log = logging.getLogger("taskorch.tasks")
 
 
 async def build_request(
-    kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    kube: KubeAPI,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    namespace: str,
+    container_tasks: bool = False,
 ) -> TaskRequest:
     try:
         task = TaskSpec.model_validate(spec)
     except ValidationError as e:
         raise Refused(Reason.InvalidSpec, str(e)) from e
+    if task.container is not None and not container_tasks:
+        raise Refused(Reason.ContainerTasksDisabled, CONTAINERS_DISABLED)
     payload = task.payload
     for src in task.payload_from or []:
         if not isinstance(payload, dict | None):
@@ -52,6 +59,12 @@ async def build_request(
             raise Waiting(Reason.PayloadFromForbidden, f"payloadFrom: {e}") from e
         payload = {**(payload or {}), src.field: value}
     type_, queued_payload = runnable(task, payload)
+    timeout = duration_seconds(task.timeout) if task.timeout else None
+    if task.container is not None:
+        # The Jobs are the Task's; Kubernetes enforces the timeout (container_tasks.py).
+        owner = Owner(kind="Task", name=meta["name"], uid=meta["uid"])
+        queued_payload = with_job(queued_payload, owner, meta["name"], timeout)
+        timeout = None
     # what goes into Redis: payloadFrom values included, or a command's argv and env
     size = size_in_bytes(dumps(queued_payload))
     if size > MAX_PAYLOAD_BYTES:
@@ -66,7 +79,7 @@ async def build_request(
         id=meta["uid"],
         priority=priority_level(task.priority),
         retry=task.retry.model_dump(by_alias=True, exclude_none=True) if task.retry else None,
-        timeout=duration_seconds(task.timeout) if task.timeout else None,
+        timeout=timeout,
         run_at=run_at,
         deadline=created + duration_seconds(task.deadline) if task.deadline else None,
         idempotency_key=task.idempotency_key,
@@ -90,6 +103,7 @@ async def admit(
     meta: dict[str, Any],
     namespace: str,
     enqueue: Enqueue | None = None,
+    container_tasks: bool = False,
 ) -> dict[str, Any] | None:
     """Enqueue the Task, or decide it never runs. Returns the status to write for a Task that
     never reaches a worker (cancelled, refused, a duplicate), None once it is enqueued (the
@@ -100,11 +114,11 @@ async def admit(
     if spec.get("cancel"):
         return cancelled_status(generation, now_ms())
     try:
-        request = await build_request(kube, spec, meta, namespace)
+        request = await build_request(kube, spec, meta, namespace, container_tasks)
     except Refused as e:
         await kube.event("Task", namespace, meta["name"], meta["uid"], "Warning", e.reason, str(e))
         return failed_status(e.reason, str(e), generation, now_ms())
-    queue = spec.get("queue", "default")
+    queue = task_queue(spec)
     # One Task, one trace, whose id is the Task's UID (tracing.py).
     with tracing.enqueue_span(namespace, queue, request.type, 1, trace_uid=meta["uid"]) as tp:
         if tp:
@@ -131,11 +145,16 @@ async def admit(
 
 
 async def reenqueue(
-    broker: Broker, kube: KubeAPI, spec: dict[str, Any], meta: dict[str, Any], namespace: str
+    broker: Broker,
+    kube: KubeAPI,
+    container_tasks: bool,
+    spec: dict[str, Any],
+    meta: dict[str, Any],
+    namespace: str,
 ) -> None:
     """Enqueue a Task again (the tracker's repair when Redis lost it); idempotent by UID."""
     try:
-        status = await admit(broker, kube, spec, meta, namespace)
+        status = await admit(broker, kube, spec, meta, namespace, None, container_tasks)
     except Waiting as e:
         log.warning("cannot enqueue %s/%s again yet: %s", namespace, meta.get("name"), e)
         return

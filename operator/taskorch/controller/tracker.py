@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from taskorch.api.task import TERMINAL_PHASES
+from taskorch.api.task import TERMINAL_PHASES, task_queue
 from taskorch.controller.expiry import Expiries
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import task_status
@@ -70,7 +70,7 @@ class Tracker:
             self.in_flight[uid] = InFlight(
                 namespace,
                 meta["name"],
-                spec.get("queue", "default"),
+                task_queue(spec),
                 phase,
                 status.get("attempts"),
                 time.monotonic(),

@@ -24,16 +24,19 @@ from typing import Any, cast
 
 import kopf
 import redis.exceptions
-from pydantic import ValidationError
+from pydantic import JsonValue, ValidationError
 
 from taskorch import tracing
 from taskorch.api.base import GROUP, VERSION, duration_seconds
+from taskorch.api.container import CONTAINER_TYPE
 from taskorch.api.reasons import Reason
-from taskorch.api.task import COMMAND_TYPE, command_payload, priority_level
+from taskorch.api.task import COMMAND_TYPE, command_payload, container_payload, priority_level
 from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES, WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
+from taskorch.controller.container_tasks import CONTAINERS_DISABLED, Owner, step_queue, with_job
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
 from taskorch.controller.expiry import Expiries
+from taskorch.controller.job_runner import JobRunners
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import epoch_seconds
 from taskorch.controller.templating import MissingReference, render
@@ -57,9 +60,10 @@ def item_id(uid: str, step: str, index: int | None) -> str:
 
 
 class WorkflowRunner:
-    def __init__(self, broker: Broker, kube: KubeAPI) -> None:
+    def __init__(self, broker: Broker, kube: KubeAPI, jobs: JobRunners | None = None) -> None:
         self.broker = broker
         self.kube = kube
+        self.jobs = jobs  # the operator's job runners, when it runs container steps
         self.bodies: dict[str, dict[str, Any]] = {}  # uid -> latest body seen
         self.generations: dict[str, int] = {}  # uid -> generation last reconciled
         self.locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -202,6 +206,10 @@ class WorkflowRunner:
             spec = WorkflowSpec.model_validate(document)
         except ValidationError as e:
             return invalid_status(Reason.InvalidSpec, str(e), generation, now_ms())
+        containers = [s.name for s in [*spec.steps, *(spec.finally_ or [])] if s.container]
+        if containers and self.jobs is None:
+            message = f"steps {', '.join(containers)}: {CONTAINERS_DISABLED}"
+            return invalid_status(Reason.ContainerTasksDisabled, message, generation, now_ms())
         for group in (spec.steps, spec.finally_ or []):
             if cycle := find_cycle(group):
                 message = "dependency cycle: " + " → ".join(cycle)
@@ -249,7 +257,7 @@ class WorkflowRunner:
     ) -> dict[str, dict[int, TaskInfo]]:
         refs: list[tuple[str, int, TaskRef]] = []
         for name, step in steps.items():
-            queue = step.queue or spec.queue
+            queue = step_queue(step, spec)
             if step.for_each is None:
                 refs.append((name, 0, TaskRef(namespace, queue, item_id(uid, name, None))))
             elif f"items:{name}" in saved:
@@ -303,7 +311,11 @@ class WorkflowRunner:
             step = steps[ref.step]
             items = json.loads(saved.get(f"items:{ref.step}", "[]"))
             item = items[ref.item] if ref.item is not None else None
-            if step.command is not None:
+            template: dict[str, JsonValue]
+            if step.container is not None:
+                type_ = CONTAINER_TYPE
+                template = {"container": container_payload(step.container)}
+            elif step.command is not None:
                 type_ = COMMAND_TYPE
                 template = command_payload(step.command, step.env, step.working_dir)
             else:
@@ -314,14 +326,24 @@ class WorkflowRunner:
                 failed[f"error:{ref.step}"] = str(e)
                 continue
             retry = step.retry.model_dump(by_alias=True, exclude_none=True) if step.retry else None
-            by_queue[step.queue or spec.queue].append(
+            timeout = duration_seconds(step.timeout) if step.timeout else None
+            task_id = item_id(uid, ref.step, ref.item)
+            if step.container is not None:
+                # The Job is the Workflow's; Kubernetes enforces the timeout (job_outcome.py).
+                suffix = ref.step if ref.item is None else f"{ref.step}-{ref.item}"
+                owner = Owner(kind="Workflow", name=name, uid=uid)
+                payload = with_job(payload, owner, f"{name}-{suffix}", timeout)
+                timeout = None
+                if self.jobs is not None:
+                    self.jobs.ensure(namespace)
+            by_queue[step_queue(step, spec)].append(
                 TaskRequest(
                     type=type_,
                     payload=payload,
-                    id=item_id(uid, ref.step, ref.item),
+                    id=task_id,
                     priority=priority_level(step.priority or spec.priority),
                     retry=retry,
-                    timeout=duration_seconds(step.timeout) if step.timeout else None,
+                    timeout=timeout,
                     notify=True,
                     workflow=f"{name}/{uid}",
                     concurrency_key=step.concurrency_key or "",

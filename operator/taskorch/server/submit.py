@@ -19,6 +19,7 @@ CR_ONLY = {
     "ttl_seconds_after_finished": "ttlSecondsAfterFinished deletes a Task object",
     "suspend": "suspend holds a Task object",
     "cancel": "cancel is POST .../tasks/{id}/cancel here",
+    "container": "a container task's Jobs are owned by its Task object",
 }
 
 

@@ -31,6 +31,9 @@ class Context:
     attempt: int
     worker: str
     progress_reporter: Callable[[str, Any], None] = field(default=lambda _id, _v: None, repr=False)
+    # Why the attempt is being interrupted, once it is: "cancel" (the user), "release" (a drain
+    # hands it back), "lost" (its lease); None for a timeout, or while it runs.
+    stop_reason: Callable[[], str | None] = field(default=lambda: None, repr=False)
 
     def progress(self, value: Any) -> None:
         """Report progress (any JSON); the latest value is stored with the task."""

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from taskorch.errors import AttemptFailed
+
 TRACEBACK_TAIL = 2000
 MESSAGE_CAP = 1024
 REDACTED = "[redacted]"
@@ -44,6 +46,8 @@ def error_record(exc: BaseException, reason: str, secrets: Iterable[str] = ()) -
     secrets = [s for s in secrets if s]
     if isinstance(exc, ValidationError):
         message, tb = _validation_message(exc), None
+    elif isinstance(exc, AttemptFailed):
+        message, tb = str(exc), exc.details
     else:
         message = str(exc)
         tb = "".join(traceback.format_exception(exc))

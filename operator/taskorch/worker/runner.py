@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from taskorch import logs, tracing
 from taskorch.api.reasons import Reason
-from taskorch.errors import LeasesLost, NonRetryable
+from taskorch.errors import AttemptFailed, LeasesLost, NonRetryable
 from taskorch.queue import keys
 from taskorch.queue.broker import Broker
 from taskorch.queue.model import Claimed, Outcome, Settlement, dumps, size_in_bytes
@@ -471,6 +471,7 @@ class Worker:
             attempt=c.attempt,
             worker=self.name,
             progress_reporter=functools.partial(self._report_progress, r.queue),
+            stop_reason=lambda: r.stop_reason,
         )
         started = time.perf_counter()
         try:
@@ -493,7 +494,9 @@ class Worker:
             if c.failures + 1 >= (c.max_attempts or policy.max_attempts):
                 return dead(e, Reason.MaxAttemptsExceeded)
             metrics.RETRIED.labels(*labels).inc()
-            data, short = failed(e, Reason.HandlerError)
+            data, short = failed(
+                e, e.reason if isinstance(e, AttemptFailed) else Reason.HandlerError
+            )
             label = "TimedOut" if isinstance(e, TimeoutError) else "Failed"
             delay_ms = int(policy.delay(c.failures + 1) * 1000)
             return settle(Outcome.retry, data, label, short, delay_ms)
