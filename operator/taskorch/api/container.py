@@ -18,10 +18,7 @@ CONTAINER_TYPE = "taskorch.container"  # the queue's type of a container task
 JOBS_QUEUE = "taskorch.jobs"
 
 Quantity = Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 500m, 2, 1Gi.")]
-LabelMap = Annotated[
-    dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=4096)]],
-    Field(max_length=64),
-]
+LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)]
 
 
 class EnvSource(ApiModel):

@@ -217,9 +217,9 @@ class ContainerTasks:
         try:
             return await self._follow(key, name)
         except asyncio.CancelledError:
-            # A cancel (or the queue's timeout) ends the attempt: its Job goes too. A release
-            # or a lost lease leave it running, for the next claim to wait on.
-            if ctx.stop_reason() not in ("release", "lost"):
+            # A cancel ends the attempt, and its Job with it. Anything else (a release, a lost
+            # lease, the process stopping) leaves the Job running for the next claim to find.
+            if ctx.stop_reason() == "cancel":
                 await asyncio.shield(self._delete(name))
             raise
 

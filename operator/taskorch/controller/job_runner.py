@@ -129,9 +129,11 @@ class JobRunners:
                         error = task.exception()
                         raise LoopEnded(f"the job runner of {namespace} ended: {error!r}")
         finally:
-            await self._stop()
+            await self.stop()
 
-    async def _stop(self) -> None:
+    async def stop(self) -> None:
+        """Hand every attempt back (idempotent). Called by kopf's cleanup too (main.py), since
+        kopf cancels every task left 5 s after its stop, the attempts' included."""
         for worker in self.workers.values():
             worker.drain()
         pending = [t for t in self.tasks.values() if not t.done()]

@@ -57,6 +57,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.request_timeout = 60
 
 
+@kopf.on.cleanup()
+async def hand_back_container_tasks(memo: kopf.Memo, **_: Any) -> None:
+    # Before kopf cancels the tasks it did not start: handed back, the attempts' Jobs run on.
+    jobs = memo.get("jobs")
+    if jobs is not None:
+        await jobs.stop()
+
+
 def run_operator(
     settings: Settings, namespaces: list[str], liveness: str | None, metrics_port: int | None
 ) -> None:
@@ -121,6 +129,7 @@ async def _lead(
         taskqueues=queues,
         schedules=cron,
         workerpools=pools,
+        jobs=jobs,
     )
     writer = StatusWriter(
         broker, kube, consumer=f"{socket.gethostname()}-{os.getpid()}", workflows=runner.reconcile
