@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.conftest import CHART, Cluster
 from tests.e2e.processes import Proc, start_operator
-from tests.support import wait_for
+from tests.support import REPO, wait_for
 
 FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # kwok's chaos stage
 
@@ -236,48 +236,25 @@ def test_a_workflow_mixes_handler_and_container_steps(
     cluster: Cluster, namespace: str, workers: Callable[..., Proc]
 ) -> None:
     workers()
-    workflow = {
-        "apiVersion": "taskorch.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"name": "media"},
-        "spec": {
-            "steps": [
-                {
-                    "name": "fetch",
-                    "type": "download_image",
-                    "payload": {"image_url": "s3://b/c.jpg"},
-                },
-                {
-                    "name": "transcode",
-                    "dependsOn": ["fetch"],
-                    "container": {
-                        "image": "jrottenberg/ffmpeg:7",
-                        "args": ["-i", "{{ steps.fetch.result.path }}", "out.webm"],
-                    },
-                },
-                {
-                    "name": "square",
-                    "type": "square",
-                    "dependsOn": ["transcode"],
-                    "payload": {"value": 4},
-                },
-            ]
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(workflow), namespace=namespace)
+    example = REPO / "examples" / "workflow-containers.yaml"
+    cluster.kubectl("apply", "-f", str(example), namespace=namespace)
     cluster.kubectl(
-        "wait", "--for=condition=Succeeded", "workflow/media", "--timeout=90s", namespace=namespace
+        "wait",
+        "--for=condition=Succeeded",
+        "workflow/media-pipeline",
+        "--timeout=90s",
+        namespace=namespace,
     )
-    status = cluster.get_json("workflow/media", namespace=namespace)["status"]
+    status = cluster.get_json("workflow/media-pipeline", namespace=namespace)["status"]
     steps = {s["name"]: s for s in status["steps"]}
-    started = [steps[n]["startTime"] for n in ("fetch", "transcode", "square")]
+    started = [steps[n]["startTime"] for n in ("fetch", "transcode", "notify")]
     assert started == sorted(started)
     [job] = jobs_of(cluster, namespace)
-    assert job["metadata"]["name"] == "media-transcode-1"
+    assert job["metadata"]["name"] == "media-pipeline-transcode-1"
     assert job["metadata"]["ownerReferences"][0]["kind"] == "Workflow"
-    uid = cluster.get_json("workflow/media", namespace=namespace)["metadata"]["uid"]
-    fetched = f"/data/{uid}.fetch/c.jpg"  # download_image's result (worker-image/examples)
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["-i", fetched, "out.webm"]
+    uid = cluster.get_json("workflow/media-pipeline", namespace=namespace)["metadata"]["uid"]
+    fetched = f"/data/{uid}.fetch/cat.jpg"  # download_image's result (worker-image/examples)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["-i", fetched]
 
 
 @pytest.mark.usefixtures("operator")

@@ -167,7 +167,8 @@ def test_the_job_of_an_attempt() -> None:
     template = spec["template"]
     # the user's labels, but never over taskorch's own
     assert template["metadata"]["labels"]["team"] == "media"
-    assert template["metadata"]["labels"][TASK_KEY] == task_key("u-1")
+    assert template["metadata"]["labels"][TASK_KEY] == body["metadata"]["labels"][TASK_KEY]
+    assert template["metadata"]["labels"][TASK_KEY] != "forged"
     pod_spec = template["spec"]
     assert pod_spec["restartPolicy"] == "Never"
     assert pod_spec["serviceAccountName"] == "runner"
@@ -338,7 +339,52 @@ async def test_redis_cannot_choose_what_runs() -> None:
     observer = Observer(kube)
     observer.rounds.put_nowait(None)
     with pytest.raises(
-        NonRetryable, match=re.escape("declares no container of image 'busybox:1.36'")
+        NonRetryable, match=re.escape("declares no such container (image 'busybox:1.36')")
     ):
         await ContainerTasks(kube, "ns", observer, 60).run(context([None]), payload())
     assert kube.jobs == {}
+
+
+def test_each_enqueue_is_a_run_of_its_own() -> None:
+    """A step enqueued again (a workflow retry) gets Jobs under a new key: never the old ones."""
+    first, again = payload(), payload()
+    assert first.run != again.run
+    assert task_key("u-1", first.run) != task_key("u-1", again.run)
+
+
+def test_reserved_queues_are_refused() -> None:
+    with pytest.raises(
+        ValidationError, match=re.escape("queues named taskorch.* are taskorch's own")
+    ):
+        TaskSpec.model_validate({"type": "x", "queue": "taskorch.jobs"})
+    with pytest.raises(ValidationError, match="taskorch's own"):
+        WorkflowStep.model_validate({"name": "s", "type": "x", "queue": "taskorch.jobs"})
+
+
+class SlowKube:
+    """Lists that take a while, recording the selectors asked for."""
+
+    def __init__(self) -> None:
+        self.selectors: list[str] = []
+
+    async def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        self.selectors.append(selector)
+        await asyncio.sleep(0.05)
+        keys = selector.split("(")[1].split(")")[0].split(",")
+        return [{"metadata": {"name": f"job-{k}", "labels": {TASK_KEY: k}}} for k in keys]
+
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.05)
+        return []
+
+
+async def test_a_task_joining_a_listing_under_way_waits_for_one_that_asks_for_it() -> None:
+    from taskorch.controller.job_runner import JobObserver
+
+    kube = SlowKube()
+    observer = JobObserver(kube, "ns", period=0.01)
+    first = asyncio.create_task(observer.next("a"))
+    await asyncio.sleep(0.03)  # the listing for "a" is under way
+    late = await observer.next("b")
+    assert late[0] == [{"metadata": {"name": "job-b", "labels": {TASK_KEY: "b"}}}]
+    assert (await first)[0][0]["metadata"]["name"] == "job-a"

@@ -15,7 +15,7 @@ from taskorch.api.base import ApiModel, KeyRef
 CONTAINER_TYPE = "taskorch.container"  # the queue's type of a container task
 # Container tasks of a namespace wait on this queue, served by the operator's job runner (a
 # TaskQueue of this name caps, rate-limits or pauses them like any queue).
-JOBS_QUEUE = "taskorch.jobs"
+JOBS_QUEUE = "taskorch.jobs"  # reserved: no Task, step or WorkerPool may name it
 
 Quantity = Annotated[int | str, Field(description="A Kubernetes quantity, e.g. 500m, 2, 1Gi.")]
 LabelMap = Annotated[dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)]

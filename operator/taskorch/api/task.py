@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, JsonValue, model_validator
+from pydantic import AfterValidator, Field, JsonValue, model_validator
 
 from taskorch.api.base import ApiModel, Condition, Duration, KeyRef, duration_seconds
 from taskorch.api.container import CONTAINER_TYPE, JOBS_QUEUE, ContainerSpec
@@ -38,7 +38,31 @@ Priority = Annotated[
 TASK_TYPE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]*$"
 TaskType = Annotated[str, Field(min_length=1, max_length=253, pattern=TASK_TYPE_PATTERN)]
 QUEUE_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
-QueueName = Annotated[str, Field(max_length=63, pattern=QUEUE_PATTERN)]
+RESERVED_QUEUE_PREFIX = "taskorch."  # taskorch's own queues: taskorch.jobs (container tasks)
+
+
+def _not_reserved(queue: str) -> str:
+    if queue.startswith(RESERVED_QUEUE_PREFIX):
+        raise ValueError(f"queues named {RESERVED_QUEUE_PREFIX}* are taskorch's own")
+    return queue
+
+
+QueueName = Annotated[
+    str,
+    Field(
+        max_length=63,
+        pattern=QUEUE_PATTERN,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!self.startsWith('{RESERVED_QUEUE_PREFIX}')",
+                    "message": f"queues named {RESERVED_QUEUE_PREFIX}* are taskorch's own",
+                }
+            ]
+        },
+    ),
+    AfterValidator(_not_reserved),
+]
 ConcurrencyKey = Annotated[str, Field(min_length=1, max_length=256)]
 MaxConcurrent = Annotated[
     int,

@@ -21,6 +21,7 @@ import secrets
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from taskorch.api.base import GROUP, VERSION
@@ -74,6 +75,9 @@ class ContainerPayload(BaseModel):
     container: ContainerSpec
     owner: Owner
     job_name: str = Field(alias="jobName")
+    # Drawn at each enqueue: a step run again (a workflow retry) never waits on the Jobs of
+    # its earlier run, while a claim of the same run (after a release) finds its Job.
+    run: str = ""
     active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds")
 
 
@@ -86,6 +90,7 @@ def with_job(
         **payload,
         "owner": owner.model_dump(),
         "jobName": base_name,
+        "run": secrets.token_hex(4),
     }
     if timeout:
         # Kubernetes enforces it, even while the operator is away (reason DeadlineExceeded).
@@ -99,8 +104,8 @@ def step_queue(step: WorkflowStep, spec: WorkflowSpec) -> str:
     return step.queue or spec.queue
 
 
-def task_key(task_id: str) -> str:
-    return hashlib.sha256(task_id.encode()).hexdigest()[:40]
+def task_key(task_id: str, run: str = "") -> str:
+    return hashlib.sha256(f"{task_id}/{run}".encode()).hexdigest()[:40]
 
 
 def job_name(base: str, attempt: int) -> str:
@@ -115,7 +120,7 @@ def job_name(base: str, attempt: int) -> str:
 
 def job_body(payload: ContainerPayload, task_id: str, attempt: int) -> dict[str, Any]:
     c = payload.container
-    ours = {**MANAGED_BY, TASK_KEY: task_key(task_id), ATTEMPT: str(attempt)}
+    ours = {**MANAGED_BY, TASK_KEY: task_key(task_id, payload.run), ATTEMPT: str(attempt)}
     container: dict[str, Any] = {
         "name": "task",
         "image": c.image,
@@ -171,10 +176,15 @@ def adoptable(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
     live = [j for j in jobs if not j["metadata"].get("deletionTimestamp")]
     if not live:
         return None
-    newest = max(live, key=_attempt_of)
+    newest = max(live, key=lambda j: (j["metadata"].get("creationTimestamp") or "", _attempt_of(j)))
     if job_outcome.condition(newest, "Failed") or job_outcome.condition(newest, "FailureTarget"):
         return None
     return newest
+
+
+def _comparable(container: ContainerSpec, leave_out: set[str]) -> dict[str, Any]:
+    dumped = container.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return {k: v for k, v in dumped.items() if k not in leave_out}
 
 
 class Snapshots:
@@ -205,21 +215,22 @@ class ContainerTasks:
         return app
 
     async def run(self, ctx: Context, payload: ContainerPayload) -> dict[str, Any]:
-        key = task_key(ctx.task_id)
-        jobs, _ = await self._snapshot(key)
-        job = adoptable(jobs)
-        if job is None:
-            await self._check_owner(payload)
-            job = await self._create(payload, ctx)
-        else:
-            log.info("task %s: waiting on its Job %s again", ctx.task_id, job["metadata"]["name"])
-        name = job["metadata"]["name"]
+        key = task_key(ctx.task_id, payload.run)
+        name: str | None = None
         try:
+            jobs, _ = await self._snapshot(key)
+            job = adoptable(jobs)
+            if job is None:
+                await self._check_owner(payload)
+                job = await self._create(payload, ctx)
+            else:
+                log.info("task %s: waiting on Job %s again", ctx.task_id, job["metadata"]["name"])
+            name = job["metadata"]["name"]
             return await self._follow(key, name)
         except asyncio.CancelledError:
             # A cancel ends the attempt, and its Job with it. Anything else (a release, a lost
             # lease, the process stopping) leaves the Job running for the next claim to find.
-            if ctx.stop_reason() == "cancel":
+            if name is not None and ctx.stop_reason() == "cancel":
                 await asyncio.shield(self._delete(name))
             raise
 
@@ -233,37 +244,50 @@ class ContainerTasks:
         if body is None or body["metadata"]["uid"] != owner.uid:
             raise NonRetryable(Reason.InvalidPayload, f"{owner.kind} {owner.name} is gone")
         spec = body.get("spec") or {}
-        declared = [spec.get("container")] + [
-            s.get("container") for s in [*(spec.get("steps") or []), *(spec.get("finally") or [])]
-        ]
-        c = payload.container
+        if owner.kind == "Task":
+            declared, templated = [spec.get("container")], set()
+        else:  # a step's command and args may hold upstream results, rendered since
+            steps = [*(spec.get("steps") or []), *(spec.get("finally") or [])]
+            declared, templated = [s.get("container") for s in steps], {"command", "args"}
+        wanted = _comparable(payload.container, templated)
         if not any(
-            d
-            and d.get("image") == c.image
-            and d.get("serviceAccountName") == c.service_account_name
+            d and _comparable(ContainerSpec.model_validate(d), templated) == wanted
             for d in declared
         ):
             raise NonRetryable(
                 Reason.InvalidPayload,
-                f"{owner.kind} {owner.name} declares no container of image {c.image!r}",
+                f"{owner.kind} {owner.name} declares no such container (image "
+                f"{payload.container.image!r})",
             )
 
     async def _create(self, payload: ContainerPayload, ctx: Context) -> dict[str, Any]:
         body = job_body(payload, ctx.task_id, ctx.attempt)
         name = body["metadata"]["name"]
-        if not await self.kube.create_job(self.namespace, body):
+        if not await self._create_job(body):
             existing = await self.kube.read_job(self.namespace, name)
             labels = (existing or {}).get("metadata", {}).get("labels") or {}
-            ours = existing is not None and labels.get(TASK_KEY) == task_key(ctx.task_id)
+            ours = existing is not None and labels.get(TASK_KEY) == task_key(
+                ctx.task_id, payload.run
+            )
             if ours and existing is not None and adoptable([existing]) is not None:
                 return dict(existing)
             # Another task's Job, or an ended one of this task (a workflow step run again
             # from failure counts its attempts from 1 again): a name of its own.
             name = body["metadata"]["name"] = f"{name[: MAX_NAME - 5]}-{secrets.token_hex(2)}"
-            if not await self.kube.create_job(self.namespace, body):
+            if not await self._create_job(body):
                 raise job_outcome.JobFailed(f"could not create Job {name}: it exists")
         log.info("task %s attempt %d: created Job %s", ctx.task_id, ctx.attempt, name)
         return body
+
+    async def _create_job(self, body: dict[str, Any]) -> bool:
+        try:
+            created: bool = await self.kube.create_job(self.namespace, body)
+        except ApiException as e:
+            if e.status in (400, 422):  # the API server refuses this pod spec: every time
+                message = f"the API server refused the Job: {e.reason}: {str(e.body)[:600]}"
+                raise NonRetryable(Reason.InvalidSpec, message) from None
+            raise
+        return created
 
     async def _follow(self, key: str, name: str) -> dict[str, Any]:
         waiting_since: float | None = None
@@ -275,6 +299,9 @@ class ContainerTasks:
             verdict = job_outcome.verdict(job, mine)
             if isinstance(verdict, Succeeded):
                 return verdict.result
+            if isinstance(verdict, NonRetryable):
+                await self._delete(name)  # its pod would wait for ever
+                raise verdict
             if isinstance(verdict, Exception):
                 raise verdict
             assert isinstance(verdict, Running)

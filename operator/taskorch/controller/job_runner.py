@@ -28,7 +28,8 @@ log = logging.getLogger("taskorch.containers")
 SELECTOR_CHUNK = 100  # task keys per list call (a set-based selector in the URL)
 STOP_SECONDS = 10.0  # for the runners to hand their attempts back on a stop
 
-Listing = tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]
+# the task keys asked for, and the Jobs and pods found for them
+Listing = tuple[frozenset[str], dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]
 
 
 class JobObserver(Snapshots):
@@ -47,14 +48,20 @@ class JobObserver(Snapshots):
     async def next(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         self.keys[key] += 1
         try:
-            if self.round is None or self.round.done():
-                self.round = asyncio.create_task(self._list())
-            jobs, pods = await asyncio.shield(self.round)
+            while True:
+                if self.round is None or self.round.done():
+                    self.round = asyncio.create_task(self._list())
+                listed, jobs, pods = await asyncio.shield(self.round)
+                if key in listed:
+                    return jobs.get(key, []), pods.get(key, [])
+                # It joined a listing already under way, which did not ask for it: an empty
+                # answer would read as "no Job". The next round does.
+                if self.round.done():
+                    self.round = None
         finally:
             self.keys[key] -= 1
             if self.keys[key] <= 0:
                 del self.keys[key]
-        return jobs.get(key, []), pods.get(key, [])
 
     async def _list(self) -> Listing:
         await asyncio.sleep(max(0.0, self.last + self.period - time.monotonic()))
@@ -72,7 +79,7 @@ class JobObserver(Snapshots):
                 for obj in found:
                     key = (obj["metadata"].get("labels") or {}).get(TASK_KEY, "")
                     kind.setdefault(key, []).append(obj)
-        return jobs, pods
+        return frozenset(wanted), jobs, pods
 
 
 class JobRunners:
@@ -89,10 +96,11 @@ class JobRunners:
         self.workers: dict[str, Worker] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.changed = asyncio.Event()
+        self.stopping = False
 
     def ensure(self, namespace: str) -> None:
         """Serve the namespace's JOBS_QUEUE from now on (idempotent)."""
-        if namespace in self.workers:
+        if namespace in self.workers or self.stopping:
             return
         observer = JobObserver(self.kube, namespace, self.settings.container_poll_seconds)
         handler = ContainerTasks(
@@ -124,9 +132,13 @@ class JobRunners:
                     [changed, *self.tasks.values()], return_when=asyncio.FIRST_COMPLETED
                 )
                 changed.cancel()
+                if self.stopping:
+                    # kopf's cleanup stopped them (stop()): not a failure. Wait to be
+                    # cancelled with the other loops; returning would read as one ending.
+                    await asyncio.Future()
                 for namespace, task in self.tasks.items():
                     if task in done:
-                        error = task.exception()
+                        error = None if task.cancelled() else task.exception()
                         raise LoopEnded(f"the job runner of {namespace} ended: {error!r}")
         finally:
             await self.stop()
@@ -134,6 +146,8 @@ class JobRunners:
     async def stop(self) -> None:
         """Hand every attempt back (idempotent). Called by kopf's cleanup too (main.py), since
         kopf cancels every task left 5 s after its stop, the attempts' included."""
+        self.stopping = True
+        self.changed.set()
         for worker in self.workers.values():
             worker.drain()
         pending = [t for t in self.tasks.values() if not t.done()]

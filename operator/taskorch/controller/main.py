@@ -112,7 +112,7 @@ async def _lead(
     tracker = Tracker(
         broker,
         kube,
-        functools.partial(tasks.reenqueue, broker, kube, jobs is not None),
+        functools.partial(tasks.reenqueue, broker, kube, jobs),
         resync_seconds=settings.resync_seconds,
     )
     runner = workflows.WorkflowRunner(broker, kube, jobs)

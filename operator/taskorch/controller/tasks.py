@@ -15,6 +15,7 @@ from taskorch.api.base import duration_seconds
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TaskSpec, priority_level, runnable, task_queue
 from taskorch.controller.container_tasks import CONTAINERS_DISABLED, Owner, with_job
+from taskorch.controller.job_runner import JobRunners
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import (
     cancelled_status,
@@ -147,14 +148,16 @@ async def admit(
 async def reenqueue(
     broker: Broker,
     kube: KubeAPI,
-    container_tasks: bool,
+    jobs: JobRunners | None,
     spec: dict[str, Any],
     meta: dict[str, Any],
     namespace: str,
 ) -> None:
     """Enqueue a Task again (the tracker's repair when Redis lost it); idempotent by UID."""
+    if jobs is not None and spec.get("container"):
+        jobs.ensure(namespace)
     try:
-        status = await admit(broker, kube, spec, meta, namespace, None, container_tasks)
+        status = await admit(broker, kube, spec, meta, namespace, None, jobs is not None)
     except Waiting as e:
         log.warning("cannot enqueue %s/%s again yet: %s", namespace, meta.get("name"), e)
         return
