@@ -327,3 +327,66 @@ def test_bad_container_specs_are_refused_at_apply(
     )
     proc = cluster.kubectl("apply", "-f", "-", input=body, namespace=namespace, check=False)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_a_cancel_while_the_operator_is_away_still_deletes_the_job(
+    cluster: Cluster, namespace: str, jobs_operator: Proc
+) -> None:
+    """The attempt was handed back (its Job left running) and is cancelled before any claim."""
+    container = {"image": "busybox:1.36", "labels": {"kwok.taskorch.io/keep-running": "true"}}
+    cluster.kubectl("apply", "-f", "-", input=task("orphan", container), namespace=namespace)
+    wait_phase(cluster, namespace, "orphan", "Running")
+    wait_for(lambda: jobs_of(cluster, namespace), timeout=30, what="the Job")
+    jobs_operator.stop()
+    cluster.kubectl(
+        "patch",
+        "task/orphan",
+        "--type=merge",
+        "-p",
+        '{"spec":{"cancel":true}}',
+        namespace=namespace,
+    )
+    jobs_operator.start()
+    wait_phase(cluster, namespace, "orphan", "Cancelled")
+    wait_for(lambda: jobs_of(cluster, namespace) == [], timeout=30, what="the Job deleted")
+
+
+@pytest.mark.usefixtures("jobs_operator")
+def test_cancelling_a_workflow_deletes_its_running_container_steps_job(
+    cluster: Cluster, namespace: str
+) -> None:
+    workflow = {
+        "apiVersion": "taskorch.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "stuck"},
+        "spec": {
+            "steps": [
+                {
+                    "name": "long",
+                    "container": {
+                        "image": "busybox:1.36",
+                        "labels": {"kwok.taskorch.io/keep-running": "true"},
+                    },
+                }
+            ]
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(workflow), namespace=namespace)
+    wait_for(lambda: jobs_of(cluster, namespace), timeout=30, what="the step's Job")
+    cluster.kubectl(
+        "patch",
+        "workflow/stuck",
+        "--type=merge",
+        "-p",
+        '{"spec":{"cancel":true}}',
+        namespace=namespace,
+    )
+    wait_for(lambda: jobs_of(cluster, namespace) == [], timeout=30, what="the Job deleted")
+    wait_for(
+        lambda: (
+            cluster.get_json("workflow/stuck", namespace=namespace)["status"]["phase"]
+            == "Cancelled"
+        ),
+        timeout=30,
+        what="the Workflow cancelled",
+    )

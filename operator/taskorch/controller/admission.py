@@ -18,6 +18,7 @@ import redis.exceptions
 
 from taskorch.api.reasons import Reason
 from taskorch.api.task import TERMINAL_PHASES, task_queue
+from taskorch.controller.container_tasks import delete_running_jobs
 from taskorch.controller.job_runner import JobRunners
 from taskorch.controller.kube import KubeAPI
 from taskorch.controller.status import cancelled_status, pending_status
@@ -140,6 +141,8 @@ class Admission:
         state = await self.broker.cancel(
             meta["namespace"], task_queue(spec), meta["uid"], generation
         )
+        if self.jobs is not None and spec.get("container"):
+            await delete_running_jobs(self.kube, meta["namespace"], meta["uid"])
         if state is None:  # never reached the queue (suspended, or waiting): it ends here
             await self._write(body, cancelled_status(generation, now_ms()))
         self._forget(meta["uid"])

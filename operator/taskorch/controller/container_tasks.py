@@ -40,6 +40,7 @@ CONTAINERS_DISABLED = (
     "operator.containerTasks.enabled=true (it grants the operator RBAC on jobs and pods)"
 )
 MANAGED_BY = {"app.kubernetes.io/managed-by": "taskorch"}
+MANAGED = "app.kubernetes.io/managed-by=taskorch"  # as a label selector
 TASK_KEY = "taskorch.io/task-key"  # a label: a hash of the task id (ids can exceed 63 chars)
 ATTEMPT = "taskorch.io/attempt"
 TASK_ID = "taskorch.io/task-id"  # an annotation: the task id itself
@@ -180,6 +181,20 @@ def adoptable(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
     if job_outcome.condition(newest, "Failed") or job_outcome.condition(newest, "FailureTarget"):
         return None
     return newest
+
+
+async def delete_running_jobs(kube: Any, namespace: str, owner_uid: str) -> None:
+    """Delete the unfinished Jobs of a cancelled Task or Workflow at once: the one an attempt
+    follows (faster than its worker's next heartbeat), and one left running by an attempt
+    handed back and not claimed again (which no handler would delete)."""
+    try:
+        for job in await kube.list_jobs(namespace, MANAGED):
+            owners = {o.get("uid") for o in job["metadata"].get("ownerReferences") or []}
+            ended = job_outcome.condition(job, "Complete") or job_outcome.condition(job, "Failed")
+            if owner_uid in owners and not ended:
+                await kube.delete_job(namespace, job["metadata"]["name"])
+    except Exception as e:
+        log.warning("could not delete the Jobs of %s/%s: %s", namespace, owner_uid, e)
 
 
 def _comparable(container: ContainerSpec, leave_out: set[str]) -> dict[str, Any]:

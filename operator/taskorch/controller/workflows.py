@@ -33,7 +33,13 @@ from taskorch.api.reasons import Reason
 from taskorch.api.task import COMMAND_TYPE, command_payload, container_payload, priority_level
 from taskorch.api.workflow import TERMINAL_WORKFLOW_PHASES, WorkflowSpec, WorkflowStep
 from taskorch.controller import expressions
-from taskorch.controller.container_tasks import CONTAINERS_DISABLED, Owner, step_queue, with_job
+from taskorch.controller.container_tasks import (
+    CONTAINERS_DISABLED,
+    Owner,
+    delete_running_jobs,
+    step_queue,
+    with_job,
+)
 from taskorch.controller.dag import Advance, StepState, advance, find_cycle
 from taskorch.controller.expiry import Expiries
 from taskorch.controller.job_runner import JobRunners
@@ -386,6 +392,10 @@ class WorkflowRunner:
                 for info in recs.values():
                     if info.state not in TERMINAL:
                         await self.broker.cancel(namespace, info.queue, info.id)
+            if self.jobs is not None and any(
+                s.container for s in spec.steps + (spec.finally_ or [])
+            ):
+                await delete_running_jobs(self.kube, namespace, uid)
         except (*REDIS_ERRORS, ValidationError) as e:
             log.warning("could not cancel the steps of workflow %s/%s: %s", namespace, uid, e)
 
