@@ -126,15 +126,15 @@ images: ## build the operator and worker images (needs docker or podman)
 	$(CONTAINER) build -f worker-image/Dockerfile.worker -t $(IMAGE_PREFIX)/taskorch-worker:$(VERSION) .
 
 .PHONY: kind-up
-kind-up: images ## kind cluster + images + the chart + the example Task (needs Docker and kind)
+kind-up: images ## kind cluster + images + the chart (container tasks on) + the example Task and container Task (needs Docker and kind)
 	@command -v kind >/dev/null || { echo "make kind-up needs kind (https://kind.sigs.k8s.io)" >&2; exit 1; }
 	kind get clusters | grep -qx taskorch || kind create cluster --config worker-image/kind-config.yaml
 	kind load docker-image --name taskorch \
 	  $(IMAGE_PREFIX)/taskorch-operator:$(VERSION) $(IMAGE_PREFIX)/taskorch-worker:$(VERSION)
 	$(HELM) upgrade --install taskorch charts/taskorch --namespace taskorch --create-namespace --wait \
-	  --kube-context kind-taskorch
-	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch apply -f examples/task.yaml
-	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch wait --for=condition=Succeeded task/resize-1 --timeout=120s
+	  --kube-context kind-taskorch --set operator.containerTasks.enabled=true
+	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch apply -f examples/task.yaml -f examples/container-task.yaml
+	$(TASKORCH_TOOLS_BIN)/kubectl --context kind-taskorch -n taskorch wait --for=condition=Succeeded task/resize-1 task/hello-container --timeout=300s
 
 .PHONY: kind-down
 kind-down: ## delete the kind cluster
