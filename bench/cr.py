@@ -4,10 +4,10 @@ is what this API server can take: a Task costs its create and its status write, 
 ceiling. Then the Kubernetes-native peer on the same control plane: N batch/v1 Jobs (one trivial
 container, backoffLimit 0) created by the same 8 threads → all Complete.
 
-kwok fakes the kubelets: kwok's "fast" pod stages (tests/tools/kwok-stages.yaml) mark a Job's pod Running and then
-Succeeded at once, with no image pull, container start or run time. That flatters the Jobs: on a
-real cluster each pod costs seconds of start-up; here a Job costs only its API objects and the
-job controller's work."""
+kwok fakes the kubelets: kwok's "fast" pod stages (tests/tools/kwok-stages.yaml) mark a Job's
+pod Running and then Succeeded at once, with no image pull, container start or run time. That
+flatters the Jobs: on a real cluster each pod costs seconds of start-up; here a Job costs only
+its API objects and the job controller's work."""
 
 from __future__ import annotations
 
