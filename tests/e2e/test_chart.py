@@ -335,9 +335,13 @@ def test_install_run_least_privilege_upgrade_uninstall(
     tmp_path: Path,
     workers: Callable[..., Proc],
 ) -> None:
+    # No cooldown or stabilization window: the example Schedule's hourly run (applied below)
+    # must not hold the idle pool up when the test crosses the top of an hour.
     quick_pool = (
         "--set",
         "worker.autoscaling.cooldownSeconds=0",
+        "--set",
+        "worker.autoscaling.scaleDown.stabilizationWindowSeconds=0",
         "--set",
         "worker.autoscaling.pollInterval=1s",
     )

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
@@ -202,11 +202,11 @@ def _comparable(container: ContainerSpec, leave_out: set[str]) -> dict[str, Any]
     return {k: v for k, v in dumped.items() if k not in leave_out}
 
 
-class Snapshots:
-    """Where the handler reads its Job and pods from (job_runner.JobObserver)."""
+class Snapshots(Protocol):
+    """Where the handler reads its Job and pods from (job_runner.JobObserver; a fake in the
+    unit tests): the task's as of the next listing."""
 
-    async def next(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        raise NotImplementedError
+    async def next(self, key: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]: ...
 
 
 class ContainerTasks:

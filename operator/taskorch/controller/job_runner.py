@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Any
 
 from taskorch.api.container import JOBS_QUEUE
-from taskorch.controller.container_tasks import JOB_NAME, TASK_KEY, ContainerTasks, Snapshots
+from taskorch.controller.container_tasks import JOB_NAME, TASK_KEY, ContainerTasks
 from taskorch.queue.broker import Broker
 from taskorch.queue.inspect import Inspector
 from taskorch.settings import Settings
@@ -32,7 +32,7 @@ STOP_SECONDS = 10.0  # for the runners to hand their attempts back on a stop
 Listing = tuple[frozenset[str], dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]
 
 
-class JobObserver(Snapshots):
+class JobObserver:
     """One namespace's Jobs and pods of the container tasks being followed, listed at most once
     a period for all of them: the API server's load grows with the namespaces that have running
     container tasks, not with the tasks."""
