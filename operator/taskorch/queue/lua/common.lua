@@ -169,7 +169,7 @@ local function leave(id, ck, held)
 end
 
 -- The task fields `finish` needs, in this order; a caller that read them already passes them.
-local FINISH_FIELDS = {'notify', 'retention', 'ck', 'ckin'}
+local FINISH_FIELDS = {'notify', 'retention', 'ck', 'ckin', 'error'}
 
 -- A terminal state. Succeeded and cancelled tasks expire after their retention; dead ones stay
 -- as long as they are in the DLQ, which has bounds of its own (dead_letter). `f`: the task's
@@ -196,7 +196,9 @@ local function finish(id, state, f, extra, was_active, batched)
   for _, v in ipairs(extra or {}) do set[#set + 1] = v end
   redis.call(unpack(set))
   if state == 'succeeded' then
-    redis.call('HDEL', t, 'owner', 'next_retry_ms', 'error')
+    -- `owner` stays: the worker that ran it. An earlier failure's traces go, when there are
+    -- any (a first attempt's success, the common case, deletes nothing).
+    if f[5] then redis.call('HDEL', t, 'next_retry_ms', 'error') end
   else
     redis.call('HDEL', t, 'owner', 'next_retry_ms')
   end

@@ -23,11 +23,12 @@ for i = 9, #ARGV, 6 do
     rejected[#rejected + 1] = id
   elseif outcome == 'ok' then
     -- The common case (a success wins over a cancel requested meanwhile) in as few calls as
-    -- it takes: the fields read above, one HSET, one HDEL, one ZREM.
+    -- it takes: the fields read above and one HSET (its EXPIRE aside; `active` and the stats
+    -- once per batch).
     local extra = {'result', data}
     local history = history_with(hist, cur[3], cur[4])
     if history then extra[3], extra[4] = 'history', history end
-    finish(id, 'succeeded', {cur[5], cur[6], cur[7], cur[8]}, extra, true, true)
+    finish(id, 'succeeded', {cur[5], cur[6], cur[7], cur[8], cur[9]}, extra, true, true)
     succeeded[#succeeded + 1] = id
   else
     push_history(id, hist)
