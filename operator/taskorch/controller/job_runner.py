@@ -34,8 +34,8 @@ Listing = tuple[frozenset[str], dict[str, list[dict[str, Any]]], dict[str, list[
 
 class JobObserver:
     """One namespace's Jobs and pods of the container tasks being followed, listed at most once
-    a period for all of them: the API server's load grows with the namespaces that have running
-    container tasks, not with the tasks."""
+    a period for all of them (two list calls per SELECTOR_CHUNK running attempts), not one watch
+    or poll per attempt."""
 
     def __init__(self, kube: Any, namespace: str, period: float) -> None:
         self.kube = kube
