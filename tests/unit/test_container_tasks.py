@@ -388,3 +388,10 @@ async def test_a_task_joining_a_listing_under_way_waits_for_one_that_asks_for_it
     late = await observer.next("b")
     assert late[0] == [{"metadata": {"name": "job-b", "labels": {TASK_KEY: "b"}}}]
     assert (await first)[0][0]["metadata"]["name"] == "job-a"
+
+
+def test_a_steps_rendered_args_are_text_as_a_pod_takes_them() -> None:
+    from taskorch.controller.container_tasks import argv_as_text
+
+    rendered = {"command": ["sh"], "args": ["-n", 3, {"a": 1}, None]}
+    assert argv_as_text(rendered) == {"command": ["sh"], "args": ["-n", "3", '{"a": 1}', "null"]}

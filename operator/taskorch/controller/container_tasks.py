@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import secrets
 import time
@@ -97,6 +98,15 @@ def with_job(
         # Kubernetes enforces it, even while the operator is away (reason DeadlineExceeded).
         out["activeDeadlineSeconds"] = max(1, round(timeout))
     return out
+
+
+def argv_as_text(rendered: dict[str, Any]) -> dict[str, Any]:
+    """A step's rendered command and args as a pod takes them: a whole-string reference keeps
+    its JSON type when rendered (`{{ steps.count.result.n }}` → 3), written back as JSON text."""
+    return {
+        k: [v if isinstance(v, str) else json.dumps(v) for v in values]
+        for k, values in rendered.items()
+    }
 
 
 def step_queue(step: WorkflowStep, spec: WorkflowSpec) -> str:

@@ -36,6 +36,7 @@ from taskorch.controller import expressions
 from taskorch.controller.container_tasks import (
     CONTAINERS_DISABLED,
     Owner,
+    argv_as_text,
     delete_running_jobs,
     step_queue,
     with_job,
@@ -320,7 +321,10 @@ class WorkflowRunner:
             template: dict[str, JsonValue]
             if step.container is not None:
                 type_ = CONTAINER_TYPE
-                template = {"container": container_payload(step.container)}
+                # Only its command and args are templates (as documented, and as the operator's
+                # check of the owner's declared container expects).
+                container = container_payload(step.container)
+                template = {k: container[k] for k in ("command", "args") if k in container}
             elif step.command is not None:
                 type_ = COMMAND_TYPE
                 template = command_payload(step.command, step.env, step.working_dir)
@@ -328,6 +332,8 @@ class WorkflowRunner:
                 type_, template = step.type or "", step.payload or {}
             try:
                 payload = render(template, results, item, ref.item)
+                if step.container is not None:
+                    payload = {"container": {**container, **argv_as_text(payload)}}
             except MissingReference as e:
                 failed[f"error:{ref.step}"] = str(e)
                 continue
