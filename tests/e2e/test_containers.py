@@ -120,6 +120,9 @@ def test_a_container_task_runs_as_a_job_owned_by_the_task(cluster: Cluster, name
     assert c["resources"]["limits"]["cpu"] == "2"
     status = cluster.get_json("task/transcode", namespace=namespace)["status"]
     assert status["result"]["exitCode"] == 0 and status["result"]["job"] == "transcode-1"
+    wide = cluster.kubectl("get", "task/transcode", "-o", "wide", namespace=namespace).stdout
+    header, row = wide.splitlines()
+    assert "IMAGE" in header.split() and "jrottenberg/ffmpeg:7" in row.split()
     assert status["attempts"] == 1
 
     # Deleting the Task deletes its Job (Kubernetes' garbage collector, by the owner reference).

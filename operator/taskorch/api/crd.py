@@ -196,6 +196,10 @@ TASK = Kind(
         _col("Age", ".metadata.creationTimestamp", "date"),
         _col("Duration", ".status.duration"),
         _col("Reason", '.status.conditions[?(@.type=="Succeeded")].reason'),
+        # `kubectl get tasks -o wide`: what a command or container task runs (Type is empty)
+        _col("Image", ".spec.container.image", priority=1),
+        _col("Command", ".spec.command", priority=1),
+        _col("Worker", ".status.worker", priority=1),
     ],
 )
 
