@@ -158,19 +158,29 @@ def serving(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Server]:
+def install_without_workloads(
+    cluster: Cluster, namespace: str, redis_url: str, *values: str
+) -> str:
+    """Install the chart for its RBAC and config only: no operator or worker pods (the tests
+    run those as local processes), the test's Redis; `values` are more `--set`s. Returns the
+    release's name."""
     release = f"taskorch-{namespace[-6:]}"  # cluster-scoped RBAC names must not collide
+    sets = ["operator.replicas=0", "worker.enabled=false", "redis.mode=external"]
+    sets += [f"redis.external.url={redis_url}", *values]
     cluster.helm(
         "install",
         release,
         CHART,
         "--namespace",
         namespace,
-        *("--set", "server.enabled=true", "--set", "operator.replicas=0"),
-        *("--set", "worker.enabled=false", "--set", "redis.mode=external"),
-        *("--set", f"redis.external.url={redis_url}"),
+        *(a for v in sets for a in ("--set", v)),
     )
+    return release
+
+
+@pytest.fixture
+def server(cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path) -> Iterator[Server]:
+    release = install_without_workloads(cluster, namespace, redis_url, "server.enabled=true")
     kubeconfig = cluster.serviceaccount_kubeconfig(
         namespace, f"{release}-server", tmp_path / "server.kubeconfig"
     )

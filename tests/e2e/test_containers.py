@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CHART, Cluster
+from tests.e2e.conftest import Cluster, install_without_workloads
 from tests.e2e.processes import Proc, start_operator
 from tests.support import REPO, wait_for
 
@@ -51,17 +51,12 @@ def jobs_operator(
 ) -> Iterator[Proc]:
     """The chart installed with operator.containerTasks.enabled (a Role in the namespace), and
     the operator run with its ServiceAccount's token: real RBAC decides what it may do."""
-    release = f"taskorch-{namespace[-6:]}"
-    cluster.helm(
-        "install",
-        release,
-        CHART,
-        "--namespace",
+    release = install_without_workloads(
+        cluster,
         namespace,
-        *("--set", f"operator.watchNamespaces={{{namespace}}}"),
-        *("--set", "operator.containerTasks.enabled=true", "--set", "operator.replicas=0"),
-        *("--set", "worker.enabled=false", "--set", "redis.mode=external"),
-        *("--set", f"redis.external.url={redis_url}"),
+        redis_url,
+        f"operator.watchNamespaces={{{namespace}}}",
+        "operator.containerTasks.enabled=true",
     )
     kubeconfig = cluster.serviceaccount_kubeconfig(
         namespace, f"{release}-operator", tmp_path / "operator.kubeconfig"
@@ -275,16 +270,8 @@ def test_an_operator_without_container_tasks_refuses_them(cluster: Cluster, name
 def test_without_the_chart_value_the_operator_may_not_touch_jobs(
     cluster: Cluster, namespace: str, redis_url: str, tmp_path: Path
 ) -> None:
-    release = f"taskorch-{namespace[-6:]}"
-    cluster.helm(
-        "install",
-        release,
-        CHART,
-        "--namespace",
-        namespace,
-        *("--set", f"operator.watchNamespaces={{{namespace}}}", "--set", "operator.replicas=0"),
-        *("--set", "worker.enabled=false", "--set", "redis.mode=external"),
-        *("--set", f"redis.external.url={redis_url}"),
+    release = install_without_workloads(
+        cluster, namespace, redis_url, f"operator.watchNamespaces={{{namespace}}}"
     )
     try:
         sa = cluster.serviceaccount_kubeconfig(

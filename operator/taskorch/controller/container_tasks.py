@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from taskorch.api.base import GROUP, VERSION
 from taskorch.api.container import CONTAINER_TYPE, JOBS_QUEUE, ContainerSpec
 from taskorch.api.reasons import Reason
+from taskorch.api.task import container_payload
 from taskorch.api.workflow import WorkflowSpec, WorkflowStep
 from taskorch.controller import job_outcome
 from taskorch.controller.job_outcome import Running, Succeeded
@@ -138,7 +139,7 @@ def job_body(payload: ContainerPayload, task_id: str, attempt: int) -> dict[str,
         # On failure the last log lines are the message: lastError shows them.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    dumped = c.model_dump(mode="json", by_alias=True, exclude_none=True)
+    dumped = container_payload(c)
     for field in ("command", "args", "env", "resources", "imagePullPolicy", "workingDir"):
         if field in dumped:
             container[field] = dumped[field]
@@ -208,8 +209,7 @@ async def delete_running_jobs(kube: Any, namespace: str, owner_uid: str) -> None
 
 
 def _comparable(container: ContainerSpec, leave_out: set[str]) -> dict[str, Any]:
-    dumped = container.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return {k: v for k, v in dumped.items() if k not in leave_out}
+    return {k: v for k, v in container_payload(container).items() if k not in leave_out}
 
 
 class Snapshots(Protocol):

@@ -315,20 +315,15 @@ class Kube:
         return None if response is None else dict(json.loads(response.data))
 
     async def list_jobs(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        response = await self._run(
-            self.batch.list_namespaced_job,
-            namespace,
-            label_selector=selector,
-            _preload_content=False,
-        )
-        return list(json.loads(response.data).get("items") or [])
+        return await self._items(self.batch.list_namespaced_job, namespace, selector)
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return await self._items(self.core.list_namespaced_pod, namespace, selector)
+
+    async def _items(self, list_call: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """A namespaced list's items as JSON."""
         response = await self._run(
-            self.core.list_namespaced_pod,
-            namespace,
-            label_selector=selector,
-            _preload_content=False,
+            list_call, namespace, label_selector=selector, _preload_content=False
         )
         return list(json.loads(response.data).get("items") or [])
 
