@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -257,6 +259,14 @@ class Observer:
         return jobs, list(self.kube.pods)
 
 
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Let the event loop run until `condition` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the condition"
+        await asyncio.sleep(0.001)
+
+
 def context(stop: list[str | None]) -> Context:
     return Context(
         "u-1", "taskorch.container", "ns", "taskorch.jobs", 1, "w", stop_reason=lambda: stop[0]
@@ -270,7 +280,7 @@ async def test_the_handler_creates_the_job_and_returns_its_result() -> None:
     run = asyncio.create_task(handler.run(context([None]), payload()))
     observer.rounds.put_nowait(None)  # the adoption check: no Job yet
     observer.rounds.put_nowait(None)  # the Job runs
-    await asyncio.sleep(0.01)
+    await until(lambda: kube.jobs)
     [name] = kube.jobs
     assert name == "transcode-1"
     kube.jobs[name]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
@@ -298,7 +308,7 @@ async def test_a_cancel_deletes_the_job_a_release_leaves_it_running(
         ContainerTasks(kube, "ns", observer, 60).run(context(stop), payload())
     )
     observer.rounds.put_nowait(None)
-    await asyncio.sleep(0.01)
+    await until(lambda: kube.jobs)
     assert list(kube.jobs) == ["transcode-1"]
     stop[0] = reason
     run.cancel()
@@ -314,7 +324,7 @@ async def test_an_image_that_never_pulls_fails_the_attempt_after_the_grace() -> 
         ContainerTasks(kube, "ns", observer, 0.05).run(context([None]), payload())
     )
     observer.rounds.put_nowait(None)
-    await asyncio.sleep(0.01)
+    await until(lambda: kube.jobs)
     kube.pods = [
         {
             "metadata": {"name": "p", "labels": {JOB_NAME: "transcode-1"}},
@@ -325,11 +335,12 @@ async def test_an_image_that_never_pulls_fails_the_attempt_after_the_grace() -> 
             },
         }
     ]
-    for _ in range(20):
+    # Listings keep coming, as the observer's would, until the pull grace has passed.
+    while not run.done():
         observer.rounds.put_nowait(None)
-        await asyncio.sleep(0.01)
+        await until(lambda: observer.rounds.empty() or run.done())
     with pytest.raises(job_outcome.ImagePullBackOff, match="ImagePullBackOff: nope"):
-        await asyncio.wait_for(run, 5)
+        await run
     assert kube.deleted == ["transcode-1"]
 
 
@@ -384,7 +395,7 @@ async def test_a_task_joining_a_listing_under_way_waits_for_one_that_asks_for_it
     kube = SlowKube()
     observer = JobObserver(kube, "ns", period=0.01)
     first = asyncio.create_task(observer.next("a"))
-    await asyncio.sleep(0.03)  # the listing for "a" is under way
+    await until(lambda: kube.selectors)  # the listing for "a" is under way
     late = await observer.next("b")
     assert late[0] == [{"metadata": {"name": "job-b", "labels": {TASK_KEY: "b"}}}]
     assert (await first)[0][0]["metadata"]["name"] == "job-a"
