@@ -5,7 +5,7 @@ Every module has the same interface (the harness's drain and SDK runs use only t
     CONFIG_IO: str         the settings of the 10 ms I/O run (BENCH_SLEEP_MS=10)
     enqueue(url, n)        n tasks of the handler, payload = i, no worker needed
     worker_commands(venv_bin, url, io) -> argv lists starting exactly 2 worker processes
-The handler sleeps bench.common.SLEEP_S if > 0, then INCRs bench.common.DONE_KEY.
+The handler sleeps bench.common.SLEEP_S if > 0, then calls bench.common.task_done().
 """
 
 from __future__ import annotations

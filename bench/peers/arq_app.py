@@ -11,7 +11,7 @@ from typing import Any
 from arq import create_pool
 from arq.connections import RedisSettings
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 
 MAX_JOBS, MAX_JOBS_IO = 64, 64
 CONFIG = f"2 processes × max_jobs {MAX_JOBS}, enqueue_job gathered 1000 at a time"
@@ -21,7 +21,7 @@ CONFIG_IO = f"2 processes × max_jobs {MAX_JOBS_IO}, enqueue_job gathered 1000 a
 async def noop(ctx: dict[str, Any], payload: object) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
-    await ctx["redis"].incr(DONE_KEY)
+    task_done()
 
 
 class WorkerSettings:

@@ -15,23 +15,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from bullmq import Queue, Worker
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 
 CONCURRENCY, CONCURRENCY_IO = 32, 64
 QUEUE = "bench"
 CONFIG = f"2 processes × concurrency {CONCURRENCY}, addBulk (1000/pipeline), removeOnComplete"
 CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, addBulk (1000/pipeline), removeOnComplete"
 
-_r = aioredis.Redis.from_url(REDIS_URL)
 
 
 async def noop(job: Any, token: str) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
-    await _r.incr(DONE_KEY)
+    task_done()
 
 
 def enqueue(url: str, n: int) -> None:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import redis
 from celery import Celery
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 from bench.peers import same_redis
 
 THREADS_IO = 16
@@ -24,14 +23,13 @@ app.conf.update(
     worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
 )
-_r = redis.Redis.from_url(REDIS_URL)
 
 
 @app.task(name="noop")
 def noop(payload: object) -> None:
     if SLEEP_S:
         time.sleep(SLEEP_S)
-    _r.incr(DONE_KEY)
+    task_done()
 
 
 def enqueue(url: str, n: int) -> None:

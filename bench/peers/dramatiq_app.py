@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 from bench.peers import same_redis
 
 THREADS, THREADS_IO = 8, 32
@@ -19,14 +18,13 @@ CONFIG = f"2 processes × {THREADS} threads, send() per task"
 CONFIG_IO = f"2 processes × {THREADS_IO} threads, send() per task"
 
 dramatiq.set_broker(RedisBroker(url=REDIS_URL))
-_r = redis.Redis.from_url(REDIS_URL)
 
 
 @dramatiq.actor(max_retries=0)
 def noop(payload: object) -> None:
     if SLEEP_S:
         time.sleep(SLEEP_S)
-    _r.incr(DONE_KEY)
+    task_done()
 
 
 def enqueue(url: str, n: int) -> None:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import redis
 from huey import RedisHuey
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 from bench.peers import same_redis
 
 THREADS_IO = 32
@@ -22,14 +21,13 @@ CONFIG = "2 worker processes (-k process -w 2), one LPUSH per task"
 CONFIG_IO = f"2 processes × {THREADS_IO} threads (-k thread -w {THREADS_IO}), one LPUSH per task"
 
 huey = RedisHuey("bench", url=REDIS_URL, results=False)
-_r = redis.Redis.from_url(REDIS_URL)
 
 
 @huey.task()
 def noop(payload: int) -> None:
     if SLEEP_S:
         time.sleep(SLEEP_S)
-    _r.incr(DONE_KEY)
+    task_done()
 
 
 def enqueue(url: str, n: int) -> None:

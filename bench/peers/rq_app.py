@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 from rq import Queue
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import SLEEP_S, task_done
 
 QUEUE = "default"
 CONFIG = "2 SimpleWorker processes (no fork per job), enqueue_many (1000/pipeline)"
@@ -19,13 +19,12 @@ CONFIG_IO = (
     "2 SimpleWorker processes, 1 job at a time each (no in-process concurrency), enqueue_many"
 )
 
-_r = redis.Redis.from_url(REDIS_URL)
 
 
 def noop(payload: object) -> None:
     if SLEEP_S:
         time.sleep(SLEEP_S)
-    _r.incr(DONE_KEY)
+    task_done()
 
 
 def enqueue(url: str, n: int) -> None:

@@ -16,23 +16,21 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from saq import Queue
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 
 CONCURRENCY, CONCURRENCY_IO = 32, 64
 QUEUE = "bench"
 CONFIG = f"2 processes × concurrency {CONCURRENCY}, enqueue() gathered 1000 at a time"
 CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, enqueue() gathered 1000 at a time"
 
-_r = aioredis.Redis.from_url(REDIS_URL)
 
 
 async def noop(ctx: dict[str, Any], *, payload: int) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
-    await _r.incr(DONE_KEY)
+    task_done()
 
 
 settings = {

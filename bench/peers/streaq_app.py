@@ -12,10 +12,9 @@ import asyncio
 from pathlib import Path
 
 import coredis
-import redis.asyncio as aioredis
 from streaq import Worker
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 
 CONCURRENCY, CONCURRENCY_IO = 32, 64
 QUEUE = "bench"
@@ -25,13 +24,12 @@ CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, enqueue_many (1000/pi
 coredis.Config.optimized = True
 worker = Worker(redis_url=REDIS_URL, queue_name=QUEUE, concurrency=CONCURRENCY)
 worker_io = Worker(redis_url=REDIS_URL, queue_name=QUEUE, concurrency=CONCURRENCY_IO)
-_r = aioredis.Redis.from_url(REDIS_URL)
 
 
 async def noop(payload: int) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
-    await _r.incr(DONE_KEY)
+    task_done()
 
 
 for _w in (worker, worker_io):

@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from taskiq_redis import RedisStreamBroker
 
-from bench.common import DONE_KEY, REDIS_URL, SLEEP_S
+from bench.common import REDIS_URL, SLEEP_S, task_done
 
 ASYNC_TASKS, ASYNC_TASKS_IO = 32, 64
 QUEUE = "bench"
@@ -33,13 +32,12 @@ def _broker(url: str) -> RedisStreamBroker:
 
 
 broker = _broker(REDIS_URL)
-_r = aioredis.Redis.from_url(REDIS_URL)
 
 
 async def noop(payload: int) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
-    await _r.incr(DONE_KEY)
+    task_done()
 
 
 broker.register_task(noop, task_name="noop")
