@@ -294,6 +294,13 @@ def test_bad_input_is_refused_at_apply_naming_the_field(cluster: Cluster, namesp
         "patch", "task", "frozen", "--type=merge", "-p", patch, namespace=namespace, check=False
     )
     assert proc.returncode != 0 and "immutable" in proc.stderr
+    swap = json.dumps({"spec": {"type": None, "command": ["true"]}})  # another kind of work
+    proc = cluster.kubectl(
+        "patch", "task", "frozen", "--type=merge", "-p", swap, namespace=namespace, check=False
+    )
+    assert proc.returncode != 0 and "immutable" in proc.stderr
+    cancel = json.dumps({"spec": {"cancel": True, "suspend": False}})  # the two that may change
+    cluster.kubectl("patch", "task", "frozen", "--type=merge", "-p", cancel, namespace=namespace)
 
 
 def test_unknown_type_and_bad_payload_are_dead_lettered_with_reason(
