@@ -18,7 +18,7 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6399/0")
 # The handler's simulated I/O: the harness sets BENCH_SLEEP_MS=10 for the I/O runs (0 = no-op).
 SLEEP_S = float(os.environ.get("BENCH_SLEEP_MS", "0")) / 1000
 # How often each worker process adds its completions to DONE_KEY: the drain's clock reads it,
-# so this bounds its error (5 ms of a drain that lasts seconds).
+# so this bounds its error (5 ms of a 20,000-task drain that lasts ~0.8 s at 26k tasks/s).
 FLUSH_S = 0.005
 
 _lock = threading.Lock()

@@ -1,10 +1,10 @@
 """SDK path end to end: taskorch vs the peers (bench/peers) on one Redis, as ratios.
 
 Each system gets 2 worker processes and a no-op handler that counts its completion
-(bench/common.py); the harness
-starts the workers, proves they are up with one warm-up task, then enqueues N tasks and times
-enqueue-start → last completion (bench/drain.py times the workers alone). Also: taskorch's
-batched enqueue rate from one process, and its idle pickup latency (enqueue → handler start).
+(bench/common.py); the harness starts the workers, proves they are up with one warm-up task,
+then enqueues N tasks and times enqueue-start → last completion (bench/drain.py times the
+workers alone). Also: taskorch's batched enqueue rate from one process, and its idle pickup
+latency (enqueue → handler start).
 """
 
 from __future__ import annotations

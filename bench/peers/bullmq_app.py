@@ -25,7 +25,6 @@ CONFIG = f"2 processes × concurrency {CONCURRENCY}, addBulk (1000/pipeline), re
 CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, addBulk (1000/pipeline), removeOnComplete"
 
 
-
 async def noop(job: Any, token: str) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)

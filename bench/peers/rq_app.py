@@ -20,7 +20,6 @@ CONFIG_IO = (
 )
 
 
-
 def noop(payload: object) -> None:
     if SLEEP_S:
         time.sleep(SLEEP_S)

@@ -26,7 +26,6 @@ CONFIG = f"2 processes × concurrency {CONCURRENCY}, enqueue() gathered 1000 at 
 CONFIG_IO = f"2 processes × concurrency {CONCURRENCY_IO}, enqueue() gathered 1000 at a time"
 
 
-
 async def noop(ctx: dict[str, Any], *, payload: int) -> None:
     if SLEEP_S:
         await asyncio.sleep(SLEEP_S)
