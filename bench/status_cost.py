@@ -149,8 +149,8 @@ def run(
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run(
-            int(sys.argv[1]) if len(sys.argv) > 1 else 800,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+            int(sys.argv[1]) if len(sys.argv) > 1 else 1000,
+            int(sys.argv[2]) if len(sys.argv) > 2 else 5,
             Path(tmp),
             {k: Path(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])},
         )
