@@ -15,20 +15,10 @@ import pytest
 
 from tests.e2e.conftest import Cluster, install_without_workloads
 from tests.e2e.processes import Proc, start_operator
+from tests.e2e.test_tasks import apply_task, wait_phase
 from tests.support import REPO, wait_for
 
 FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # kwok's chaos stage
-
-
-def task(name: str, container: dict[str, Any], **spec: Any) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "taskorch.io/v1alpha1",
-            "kind": "Task",
-            "metadata": {"name": name},
-            "spec": {"container": container, **spec},
-        }
-    )
 
 
 def failing(code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
@@ -83,14 +73,6 @@ def jobs_of(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
     return sorted(items, key=lambda j: j["metadata"]["creationTimestamp"])
 
 
-def wait_phase(cluster: Cluster, namespace: str, name: str, phase: str, timeout: float = 60) -> Any:
-    def reached() -> Any:
-        status = cluster.get_json(f"task/{name}", namespace=namespace).get("status") or {}
-        return status if status.get("phase") == phase else None
-
-    return wait_for(reached, timeout=timeout, what=f"task {name} {phase}")
-
-
 @pytest.mark.usefixtures("jobs_operator")
 def test_a_container_task_runs_as_a_job_owned_by_the_task(cluster: Cluster, namespace: str) -> None:
     container = {
@@ -98,9 +80,7 @@ def test_a_container_task_runs_as_a_job_owned_by_the_task(cluster: Cluster, name
         "args": ["-i", "in.mp4", "out.webm"],
         "resources": {"limits": {"cpu": "2"}},
     }
-    cluster.kubectl(
-        "apply", "-f", "-", input=task("transcode", container, timeout="5m"), namespace=namespace
-    )
+    apply_task(cluster, namespace, "transcode", {"container": container, "timeout": "5m"})
     cluster.kubectl(
         "wait", "--for=condition=Succeeded", "task/transcode", "--timeout=60s", namespace=namespace
     )
@@ -131,10 +111,8 @@ def test_a_failing_container_is_retried_with_a_job_per_attempt_then_dead_lettere
 ) -> None:
     retry = {"maxAttempts": 2, "initialDelay": "100ms", "jitter": False}
     container = {"image": "busybox:1.36", "command": ["false"], **failing(3, message="boom")}
-    cluster.kubectl(
-        "apply", "-f", "-", input=task("broken", container, retry=retry), namespace=namespace
-    )
-    status = wait_phase(cluster, namespace, "broken", "DeadLettered")
+    apply_task(cluster, namespace, "broken", {"container": container, "retry": retry})
+    status = wait_phase(cluster, namespace, "broken", "DeadLettered")["status"]
     assert status["attempts"] == 2
     assert status["lastError"]["type"] == "ContainerFailed"
     assert status["lastError"]["message"].startswith("exit code 3: boom")
@@ -148,10 +126,8 @@ def test_a_failing_container_is_retried_with_a_job_per_attempt_then_dead_lettere
 def test_an_oom_killed_container_says_so(cluster: Cluster, namespace: str) -> None:
     container = {"image": "busybox:1.36", **failing(137, "OOMKilled")}
     spec = {"retry": {"maxAttempts": 1}}
-    cluster.kubectl(
-        "apply", "-f", "-", input=task("hungry", container, **spec), namespace=namespace
-    )
-    status = wait_phase(cluster, namespace, "hungry", "DeadLettered")
+    apply_task(cluster, namespace, "hungry", {"container": container, **spec})
+    status = wait_phase(cluster, namespace, "hungry", "DeadLettered")["status"]
     assert status["lastError"]["type"] == "OOMKilled"
     assert "ran out of memory (exit code 137)" in status["lastError"]["message"]
 
@@ -161,7 +137,7 @@ def test_cancelling_a_running_container_task_deletes_its_job(
     cluster: Cluster, namespace: str
 ) -> None:
     container = {"image": "busybox:1.36", "labels": {"kwok.taskorch.io/keep-running": "true"}}
-    cluster.kubectl("apply", "-f", "-", input=task("long", container), namespace=namespace)
+    apply_task(cluster, namespace, "long", {"container": container})
     wait_phase(cluster, namespace, "long", "Running")
     wait_for(lambda: jobs_of(cluster, namespace), timeout=30, what="the Job")
     cluster.kubectl(
@@ -175,8 +151,8 @@ def test_cancelling_a_running_container_task_deletes_its_job(
 def test_the_timeout_is_the_jobs_deadline(cluster: Cluster, namespace: str) -> None:
     container = {"image": "busybox:1.36", "labels": {"kwok.taskorch.io/keep-running": "true"}}
     spec = {"timeout": "2s", "retry": {"maxAttempts": 1}}
-    cluster.kubectl("apply", "-f", "-", input=task("slow", container, **spec), namespace=namespace)
-    status = wait_phase(cluster, namespace, "slow", "DeadLettered")
+    apply_task(cluster, namespace, "slow", {"container": container, **spec})
+    status = wait_phase(cluster, namespace, "slow", "DeadLettered")["status"]
     assert status["lastError"]["type"] == "DeadlineExceeded"
     [job] = jobs_of(cluster, namespace)
     assert job["spec"]["activeDeadlineSeconds"] == 2
@@ -189,10 +165,8 @@ def test_an_image_that_never_pulls_fails_the_attempt(cluster: Cluster, namespace
         "labels": {"kwok.taskorch.io/image-pull-backoff": "true"},
     }
     spec = {"retry": {"maxAttempts": 1}}
-    cluster.kubectl(
-        "apply", "-f", "-", input=task("nopull", container, **spec), namespace=namespace
-    )
-    status = wait_phase(cluster, namespace, "nopull", "DeadLettered")
+    apply_task(cluster, namespace, "nopull", {"container": container, **spec})
+    status = wait_phase(cluster, namespace, "nopull", "DeadLettered")["status"]
     assert status["lastError"]["type"] == "ImagePullBackOff"
     assert 'Back-off pulling image "registry.invalid/missing:1"' in status["lastError"]["message"]
     # the kubelet would retry the pull forever: the attempt's Job is deleted
@@ -203,7 +177,7 @@ def test_an_operator_restart_waits_on_the_running_job_again(
     cluster: Cluster, namespace: str, jobs_operator: Proc
 ) -> None:
     container = {"image": "busybox:1.36", "labels": {"kwok.taskorch.io/keep-running": "true"}}
-    cluster.kubectl("apply", "-f", "-", input=task("survivor", container), namespace=namespace)
+    apply_task(cluster, namespace, "survivor", {"container": container})
     wait_phase(cluster, namespace, "survivor", "Running")
     [job] = wait_for(lambda: jobs_of(cluster, namespace), timeout=30, what="the Job")
 
@@ -222,7 +196,7 @@ def test_an_operator_restart_waits_on_the_running_job_again(
         "kwok.taskorch.io/keep-running-",
         namespace=namespace,
     )
-    status = wait_phase(cluster, namespace, "survivor", "Succeeded")
+    status = wait_phase(cluster, namespace, "survivor", "Succeeded")["status"]
     assert status["result"]["job"] == job["metadata"]["name"]
     # the attempt the stop handed back, then the one that waited on the same Job
     assert [h["outcome"] for h in status["history"]] == ["Released", "Succeeded"]
@@ -257,10 +231,8 @@ def test_a_workflow_mixes_handler_and_container_steps(
 
 @pytest.mark.usefixtures("operator")
 def test_an_operator_without_container_tasks_refuses_them(cluster: Cluster, namespace: str) -> None:
-    cluster.kubectl(
-        "apply", "-f", "-", input=task("off", {"image": "busybox:1.36"}), namespace=namespace
-    )
-    status = wait_phase(cluster, namespace, "off", "Failed")
+    apply_task(cluster, namespace, "off", {"container": {"image": "busybox:1.36"}})
+    status = wait_phase(cluster, namespace, "off", "Failed")["status"]
     [cond] = [c for c in status["conditions"] if c["type"] == "Succeeded"]
     assert cond["reason"] == "ContainerTasksDisabled"
     assert "operator.containerTasks.enabled=true" in cond["message"]
@@ -324,7 +296,7 @@ def test_a_cancel_while_the_operator_is_away_still_deletes_the_job(
 ) -> None:
     """The attempt was handed back (its Job left running) and is cancelled before any claim."""
     container = {"image": "busybox:1.36", "labels": {"kwok.taskorch.io/keep-running": "true"}}
-    cluster.kubectl("apply", "-f", "-", input=task("orphan", container), namespace=namespace)
+    apply_task(cluster, namespace, "orphan", {"container": container})
     wait_phase(cluster, namespace, "orphan", "Running")
     wait_for(lambda: jobs_of(cluster, namespace), timeout=30, what="the Job")
     jobs_operator.stop()
