@@ -31,6 +31,7 @@ from bench.cr import (
     _control_plane_cpu,
     _create_all,
     _kubectl,
+    _per_object_us,
     _task,
     _up,
 )
@@ -83,10 +84,10 @@ def task_crd(crds: Path, group: str, cel: bool = True) -> dict[str, Any]:
     return crd
 
 
-def _plane_us(before: dict[str, float], n: int) -> float:
-    after = _control_plane_cpu()
-    keep = ("kube-apiserver", "etcd")
-    return sum(after[k] - before.get(k, 0.0) for k in keep if k in after) / n * 1e6
+def _plane_us(before: dict[str, float], n: int) -> int:
+    """kube-apiserver + etcd CPU µs per object since `before` (the other processes idle here)."""
+    each = _per_object_us(before, _control_plane_cpu(), n)
+    return each.get("kube-apiserver", 0) + each.get("etcd", 0)
 
 
 def one_round(custom: k8s.CustomObjectsApi, group: str, namespace: str, n: int) -> dict[str, float]:
